@@ -1,0 +1,4 @@
+//! The `hch` command line.
+pub fn main() -> anyhow::Result<()> {
+    Ok(())
+}

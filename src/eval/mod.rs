@@ -1,0 +1,582 @@
+//! Tree evaluation: H on a root question, subquestions answered by recursion or by the answerer.
+//!
+//! A tree is one `async` computation. Each node is a boxed future that runs the domain's overseer
+//! with an [`Ask`] handle; asking a subquestion evaluates a child node in the same future (joined,
+//! not spawned), so the whole tree is one owner of all its work: dropping the future returned by
+//! [`Evaluator::evaluate`] cancels every node and every pending answerer call beneath it. Many trees
+//! run concurrently by being polled concurrently (joined or spawned by the caller).
+//!
+//! Per node, in order:
+//! 1. the deadline (if the tree has one) is checked: past it, the node is unknown;
+//! 2. the memo (see [`memo`]) is consulted: an identical evaluation, finished or in flight, in this
+//!    tree or a concurrent one on the same [`Instance`], supplies the answer;
+//! 3. the node budget is charged: when it is used up the node degrades to the answerer (or unknown);
+//! 4. at the mode's depth the answerer answers (a leaf); at the depth budget the node degrades;
+//! 5. otherwise H runs and asks its subquestions one level deeper.
+//!
+//! Modes ([`Mode`]): distilled is the answerer alone (the root is a leaf), amplified is H over the
+//! answerer (depth 1: the training-target generator), hch(d) recurses to depth d, and exact recurses
+//! until H answers from the facts, with no answerer at all (only for well-founded domains).
+
+pub mod memo;
+pub mod trace;
+
+use std::fmt;
+use std::str::FromStr;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::future::{join_all, BoxFuture};
+use tokio::time::Instant;
+
+use crate::answerer::{Answerer, Query};
+use crate::domain::{Domain, Instance};
+use memo::{MemoKey, Memoed, TreeId};
+use trace::{AnsweredBy, Exhausted, NodeId, Recorder, Trace, TraceNode};
+
+/// Deepest tree any mode or budget may ask for. Exact mode uses it when no depth budget is given;
+/// it is far beyond what the well-founded overseers need at full size (sequential assignments, the
+/// deepest, needs at most 64).
+pub const MAX_TREE_DEPTH: u32 = 1024;
+
+/// How a tree is evaluated. See the module docs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Mode {
+    /// The answerer alone.
+    Distilled,
+    /// H with the answerer on every subquestion: hch(1).
+    Amplified,
+    /// Recursion to depth d, the answerer at the leaves. hch(0) is distilled, hch(1) amplified.
+    Hch(u32),
+    /// Recursion to H's base cases, no answerer. Only for well-founded domains.
+    Exact,
+}
+
+impl Mode {
+    /// Depth at which the answerer answers, or `None` for exact mode.
+    pub fn leaf_depth(self) -> Option<u32> {
+        match self {
+            Mode::Distilled => Some(0),
+            Mode::Amplified => Some(1),
+            Mode::Hch(d) => Some(d),
+            Mode::Exact => None,
+        }
+    }
+}
+
+impl fmt::Display for Mode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Mode::Distilled => f.write_str("distilled"),
+            Mode::Amplified => f.write_str("amplified"),
+            Mode::Hch(d) => write!(f, "hch:{d}"),
+            Mode::Exact => f.write_str("exact"),
+        }
+    }
+}
+
+impl FromStr for Mode {
+    type Err = String;
+    /// `distilled`, `amplified`, `exact`, or `hch:D` (also `hch(D)`, `hchD`).
+    fn from_str(s: &str) -> Result<Self, String> {
+        let s = s.trim();
+        match s {
+            "distilled" => return Ok(Mode::Distilled),
+            "amplified" => return Ok(Mode::Amplified),
+            "exact" => return Ok(Mode::Exact),
+            _ => {}
+        }
+        let depth = s
+            .strip_prefix("hch")
+            .map(|rest| {
+                rest.trim_start_matches([':', '('])
+                    .trim_end_matches(')')
+                    .trim()
+            })
+            .ok_or_else(|| {
+                format!("unknown mode {s:?}: the modes are distilled, amplified, hch:D and exact")
+            })?;
+        let d: u32 = depth
+            .parse()
+            .map_err(|_| format!("mode {s:?}: expected a depth after hch, like hch:3"))?;
+        if d > MAX_TREE_DEPTH {
+            return Err(format!("mode {s:?}: depth {d} exceeds the maximum {MAX_TREE_DEPTH}"));
+        }
+        Ok(Mode::Hch(d))
+    }
+}
+
+/// Limits on one tree. Exhausting any of them degrades answers (to the answerer, or to unknown);
+/// it never hangs and never fails the tree.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Budget {
+    /// Nodes deeper than this are not created (the root is depth 0).
+    pub max_depth: Option<u32>,
+    /// At most this many nodes are evaluated (memo hits are free).
+    pub max_nodes: Option<u64>,
+    /// Time allowed for the whole tree, from the start of evaluation.
+    pub deadline: Option<Duration>,
+}
+
+/// Switches that change cost but not answers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct EvalOptions {
+    /// Share identical evaluations within and across trees.
+    pub memo: bool,
+    /// Record a [`Trace`] of every tree.
+    pub trace: bool,
+}
+
+impl Default for EvalOptions {
+    fn default() -> Self {
+        Self {
+            memo: true,
+            trace: true,
+        }
+    }
+}
+
+/// Why a tree could not be evaluated at all (as opposed to being degraded by its budget).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum EvalError {
+    #[error(
+        "exact mode is not defined for domain {0}: its overseer relies on its answerer's guesses, \
+         so its recursion is not well founded; use amplified or hch:D instead"
+    )]
+    ExactNotWellFounded(&'static str),
+    #[error("mode {0} needs an answerer at the leaves, but none is configured")]
+    NoAnswerer(Mode),
+    #[error("invalid budget: {0}")]
+    InvalidBudget(String),
+    #[error("invalid question for this instance: {0}")]
+    InvalidQuestion(String),
+}
+
+/// Counters of one tree.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TreeStats {
+    /// Nodes evaluated (H runs, answerer leaves, degraded nodes); memo hits excluded.
+    pub nodes: u64,
+    /// Nodes answered by the memo.
+    pub memo_hits: u64,
+    /// Questions sent to the answerer.
+    pub answerer_queries: u64,
+}
+
+/// The outcome of one tree.
+#[derive(Debug)]
+pub struct TreeResult<D: Domain> {
+    pub tree: TreeId,
+    /// The root's answer; `None` is unknown.
+    pub answer: Option<D::Answer>,
+    /// The first budget or failure that degraded some node of this tree, if any.
+    pub exhausted: Option<Exhausted>,
+    pub stats: TreeStats,
+    pub elapsed: Duration,
+    pub trace: Option<Trace<D>>,
+}
+
+/// Evaluates trees of one domain over one answerer (or none, for exact mode).
+pub struct Evaluator<D: Domain> {
+    domain: Arc<D>,
+    answerer: Option<Arc<dyn Answerer<D>>>,
+    options: EvalOptions,
+    next_tree: AtomicU64,
+}
+
+impl<D: Domain> Evaluator<D> {
+    pub fn new(domain: D, answerer: Option<Arc<dyn Answerer<D>>>, options: EvalOptions) -> Self {
+        Self {
+            domain: Arc::new(domain),
+            answerer,
+            options,
+            next_tree: AtomicU64::new(1),
+        }
+    }
+
+    pub fn domain(&self) -> &D {
+        &self.domain
+    }
+
+    pub fn answerer(&self) -> Option<&Arc<dyn Answerer<D>>> {
+        self.answerer.as_ref()
+    }
+
+    /// Checks that `mode` and `budget` can be evaluated by this evaluator.
+    pub fn check(&self, mode: Mode, budget: &Budget) -> Result<(), EvalError> {
+        match mode {
+            Mode::Exact if !D::WELL_FOUNDED => {
+                return Err(EvalError::ExactNotWellFounded(D::KIND.name()))
+            }
+            Mode::Exact => {}
+            _ if self.answerer.is_none() => return Err(EvalError::NoAnswerer(mode)),
+            Mode::Hch(d) if d > MAX_TREE_DEPTH => {
+                return Err(EvalError::InvalidBudget(format!(
+                    "hch depth {d} exceeds the maximum {MAX_TREE_DEPTH}"
+                )))
+            }
+            _ => {}
+        }
+        if let Some(d) = budget.max_depth.filter(|&d| d > MAX_TREE_DEPTH) {
+            return Err(EvalError::InvalidBudget(format!(
+                "max depth {d} exceeds the maximum {MAX_TREE_DEPTH}"
+            )));
+        }
+        if budget.max_nodes == Some(0) {
+            return Err(EvalError::InvalidBudget(
+                "max nodes must be at least 1".to_string(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Evaluates one tree. Trees that share `instance` (the same `Arc`) share its memo.
+    pub async fn evaluate(
+        &self,
+        instance: &Arc<Instance<D>>,
+        question: D::Question,
+        mode: Mode,
+        budget: Budget,
+    ) -> Result<TreeResult<D>, EvalError> {
+        self.check(mode, &budget)?;
+        self.domain
+            .check_question(instance.facts(), &question)
+            .map_err(EvalError::InvalidQuestion)?;
+
+        let tree = self.next_tree.fetch_add(1, Ordering::Relaxed);
+        let started = Instant::now();
+        let leaf_depth = mode.leaf_depth();
+        let depth_limit = match (leaf_depth, budget.max_depth) {
+            (Some(l), Some(b)) => l.min(b),
+            (Some(l), None) => l,
+            (None, Some(b)) => b,
+            (None, None) => MAX_TREE_DEPTH,
+        };
+        let ctx = TreeCtx {
+            domain: self.domain.clone(),
+            instance: instance.clone(),
+            answerer: if mode == Mode::Exact {
+                None
+            } else {
+                self.answerer.clone()
+            },
+            answerer_key: match (&self.answerer, mode) {
+                (_, Mode::Exact) | (None, _) => 0,
+                (Some(a), _) => a.id().key,
+            },
+            tree,
+            leaf_depth: leaf_depth.unwrap_or(u32::MAX),
+            depth_limit,
+            horizon_free: mode == Mode::Exact && budget.max_depth.is_none(),
+            max_nodes: budget.max_nodes.unwrap_or(u64::MAX),
+            deadline: budget.deadline.map(|d| started + d),
+            memo: self.options.memo,
+            recorder: self.options.trace.then(Recorder::new),
+            started,
+            nodes: AtomicU64::new(0),
+            memo_hits: AtomicU64::new(0),
+            answerer_queries: AtomicU64::new(0),
+            tainted: AtomicBool::new(false),
+            exhausted: std::sync::Mutex::new(None),
+        };
+
+        let root = ctx.eval(question.clone(), 0, None);
+        let answer = match ctx.deadline {
+            None => root.await,
+            Some(deadline) => match tokio::time::timeout_at(deadline, root).await {
+                Ok(answer) => answer,
+                Err(_) => {
+                    // The root was cut off mid-flight and never recorded itself: record it now.
+                    ctx.exhaust(Exhausted::Deadline);
+                    if let Some(r) = &ctx.recorder {
+                        r.close(TraceNode {
+                            id: 0,
+                            parent: None,
+                            depth: 0,
+                            question,
+                            answer: None,
+                            by: AnsweredBy::Nobody,
+                            exhausted: Some(Exhausted::Deadline),
+                            start: Duration::ZERO,
+                            end: started.elapsed(),
+                        });
+                    }
+                    None
+                }
+            },
+        };
+        let elapsed = started.elapsed();
+        let exhausted = *ctx.exhausted.lock().unwrap_or_else(|p| p.into_inner());
+        let stats = TreeStats {
+            nodes: ctx.nodes.load(Ordering::Relaxed),
+            memo_hits: ctx.memo_hits.load(Ordering::Relaxed),
+            answerer_queries: ctx.answerer_queries.load(Ordering::Relaxed),
+        };
+        let label = ctx.answerer.as_ref().map(|a| a.id().label);
+        let trace = ctx.recorder.map(|r| r.finish(label));
+        Ok(TreeResult {
+            tree,
+            answer,
+            exhausted,
+            stats,
+            elapsed,
+            trace,
+        })
+    }
+}
+
+/// The handle H asks subquestions through. Each subquestion is evaluated one level deeper than the
+/// node H is working on; `all` evaluates several concurrently.
+pub struct Ask<'a, D: Domain> {
+    tree: &'a TreeCtx<D>,
+    depth: u32,
+    parent: NodeId,
+    asked: &'a AtomicU32,
+}
+
+impl<D: Domain> Clone for Ask<'_, D> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+
+impl<D: Domain> Copy for Ask<'_, D> {}
+
+impl<'a, D: Domain> Ask<'a, D> {
+    /// Asks one subquestion. `None` is an unknown answer.
+    pub fn one(&self, question: D::Question) -> BoxFuture<'a, Option<D::Answer>> {
+        self.asked.fetch_add(1, Ordering::Relaxed);
+        self.tree.eval(question, self.depth, Some(self.parent))
+    }
+
+    /// Asks independent subquestions concurrently; answers come back in order.
+    pub async fn all(
+        &self,
+        questions: impl IntoIterator<Item = D::Question>,
+    ) -> Vec<Option<D::Answer>> {
+        join_all(questions.into_iter().map(|q| self.one(q))).await
+    }
+
+    /// Asks two independent subquestions concurrently.
+    pub async fn two(
+        &self,
+        a: D::Question,
+        b: D::Question,
+    ) -> (Option<D::Answer>, Option<D::Answer>) {
+        futures::join!(self.one(a), self.one(b))
+    }
+
+    /// Depth of the subquestions this handle asks (the asking node's depth plus one).
+    pub fn depth(&self) -> u32 {
+        self.depth
+    }
+}
+
+/// Everything one tree's nodes share.
+struct TreeCtx<D: Domain> {
+    domain: Arc<D>,
+    instance: Arc<Instance<D>>,
+    answerer: Option<Arc<dyn Answerer<D>>>,
+    answerer_key: u64,
+    tree: TreeId,
+    /// Depth at which the answerer answers (`u32::MAX` in exact mode).
+    leaf_depth: u32,
+    /// Depth at which nodes stop recursing: the leaf depth or the depth budget, whichever is less.
+    depth_limit: u32,
+    /// The answer cannot depend on remaining depth (exact mode without a depth budget).
+    horizon_free: bool,
+    max_nodes: u64,
+    deadline: Option<Instant>,
+    memo: bool,
+    recorder: Option<Recorder<D>>,
+    started: Instant,
+    nodes: AtomicU64,
+    memo_hits: AtomicU64,
+    answerer_queries: AtomicU64,
+    /// Some node's answer depended on a budget or failure: memo entries this tree writes from now
+    /// on are not shared with other trees.
+    tainted: AtomicBool,
+    exhausted: std::sync::Mutex<Option<Exhausted>>,
+}
+
+type NodeOutcome<A> = (Option<A>, AnsweredBy, Option<Exhausted>);
+
+impl<D: Domain> TreeCtx<D> {
+    fn eval(
+        &self,
+        question: D::Question,
+        depth: u32,
+        parent: Option<NodeId>,
+    ) -> BoxFuture<'_, Option<D::Answer>> {
+        Box::pin(async move {
+            let id = self.recorder.as_ref().map_or(0, |r| r.open());
+            let start = (self.recorder.is_some() || self.deadline.is_some()).then(Instant::now);
+            let (answer, by, exhausted) = self.node(&question, depth, id, start).await;
+            if let Some(r) = &self.recorder {
+                let begin = start.map_or(Duration::ZERO, |s| s - self.started);
+                r.close(TraceNode {
+                    id,
+                    parent,
+                    depth,
+                    question,
+                    answer: answer.clone(),
+                    by,
+                    exhausted,
+                    start: begin,
+                    end: self.started.elapsed(),
+                });
+            }
+            answer
+        })
+    }
+
+    async fn node(
+        &self,
+        question: &D::Question,
+        depth: u32,
+        id: NodeId,
+        now: Option<Instant>,
+    ) -> NodeOutcome<D::Answer> {
+        if let (Some(deadline), Some(now)) = (self.deadline, now) {
+            if now >= deadline {
+                self.exhaust(Exhausted::Deadline);
+                return (None, AnsweredBy::Nobody, Some(Exhausted::Deadline));
+            }
+        }
+        if !self.memo {
+            return self.compute(question, depth, id).await;
+        }
+        let key = MemoKey {
+            question: question.clone(),
+            horizon: (!self.horizon_free).then(|| self.depth_limit.saturating_sub(depth)),
+            answerer: if depth >= self.depth_limit || !self.horizon_free {
+                self.answerer_key
+            } else {
+                0
+            },
+        };
+        let cell = self.instance.memo.cell(key);
+        if let Some(m) = cell.get() {
+            return self.reuse(m, question, depth, id).await;
+        }
+        let mut computed = None;
+        let m = cell
+            .get_or_init(|| async {
+                let (answer, by, exhausted) = self.compute(question, depth, id).await;
+                computed = Some((by, exhausted));
+                Memoed {
+                    answer,
+                    tainted_by: self.tainted.load(Ordering::Relaxed).then_some(self.tree),
+                }
+            })
+            .await;
+        match computed {
+            Some((by, exhausted)) => (m.answer.clone(), by, exhausted),
+            None => self.reuse(m, question, depth, id).await,
+        }
+    }
+
+    /// Takes a memoised answer, unless it depended on another tree's exhausted budget.
+    async fn reuse(
+        &self,
+        m: &Memoed<D::Answer>,
+        question: &D::Question,
+        depth: u32,
+        id: NodeId,
+    ) -> NodeOutcome<D::Answer> {
+        match m.tainted_by {
+            Some(t) if t != self.tree => self.compute(question, depth, id).await,
+            _ => {
+                self.memo_hits.fetch_add(1, Ordering::Relaxed);
+                (m.answer.clone(), AnsweredBy::Memo, None)
+            }
+        }
+    }
+
+    async fn compute(
+        &self,
+        question: &D::Question,
+        depth: u32,
+        id: NodeId,
+    ) -> NodeOutcome<D::Answer> {
+        if self.nodes.fetch_add(1, Ordering::Relaxed) >= self.max_nodes {
+            return self.degrade(question, Exhausted::Nodes).await;
+        }
+        if depth >= self.depth_limit {
+            return if depth >= self.leaf_depth {
+                self.leaf(question, None).await
+            } else {
+                self.degrade(question, Exhausted::Depth).await
+            };
+        }
+        let asked = AtomicU32::new(0);
+        let ask = Ask {
+            tree: self,
+            depth: depth + 1,
+            parent: id,
+            asked: &asked,
+        };
+        let answer = self
+            .domain
+            .oversee(self.instance.facts(), question, ask)
+            .await;
+        let by = if asked.load(Ordering::Relaxed) > 0 {
+            AnsweredBy::Overseer
+        } else {
+            AnsweredBy::Simple
+        };
+        (answer, by, None)
+    }
+
+    /// A budget ran out at this node: the answerer answers if there is one, else unknown.
+    async fn degrade(&self, question: &D::Question, why: Exhausted) -> NodeOutcome<D::Answer> {
+        self.exhaust(why);
+        if self.answerer.is_some() {
+            let (answer, by, failed) = self.leaf(question, Some(why)).await;
+            (answer, by, failed.or(Some(why)))
+        } else {
+            (None, AnsweredBy::Nobody, Some(why))
+        }
+    }
+
+    async fn leaf(
+        &self,
+        question: &D::Question,
+        exhausted: Option<Exhausted>,
+    ) -> NodeOutcome<D::Answer> {
+        let Some(answerer) = &self.answerer else {
+            self.exhaust(Exhausted::AnswererFailed);
+            return (None, AnsweredBy::Nobody, Some(Exhausted::AnswererFailed));
+        };
+        self.answerer_queries.fetch_add(1, Ordering::Relaxed);
+        let batch = [Query {
+            instance: self.instance.clone(),
+            question: question.clone(),
+        }];
+        match answerer.answer(&batch).await {
+            Ok(mut answers) if answers.len() == 1 => {
+                (answers.pop().flatten(), AnsweredBy::Answerer, exhausted)
+            }
+            Ok(answers) => {
+                tracing::warn!(
+                    got = answers.len(),
+                    "answerer returned the wrong number of answers for a batch of 1"
+                );
+                self.exhaust(Exhausted::AnswererFailed);
+                (None, AnsweredBy::Nobody, Some(Exhausted::AnswererFailed))
+            }
+            Err(error) => {
+                tracing::debug!(%error, "answerer failed; node is unknown");
+                self.exhaust(Exhausted::AnswererFailed);
+                (None, AnsweredBy::Nobody, Some(Exhausted::AnswererFailed))
+            }
+        }
+    }
+
+    fn exhaust(&self, why: Exhausted) {
+        self.tainted.store(true, Ordering::Relaxed);
+        let mut first = self.exhausted.lock().unwrap_or_else(|p| p.into_inner());
+        first.get_or_insert(why);
+    }
+}

@@ -1,0 +1,25 @@
+//! # hch: a distributed evaluator of HCH trees for iterated amplification
+//!
+//! Map of the crate (one concept per module):
+//!
+//! - [`domain`]: the five task families of Christiano, Shlegeris & Amodei (2018): instance
+//!   generation, the plain-text syntax, token encodings, the overseer H and the ground truth.
+//! - [`eval`]: tree evaluation (modes, budgets, the single-flight memo, traces).
+//! - [`answerer`]: the interface every answerer implements (oracle, model, remote pool).
+//! - [`text`]: the parser toolkit behind the text syntax and its pointed error messages.
+//! - [`rng`]: the reproducible random stream instances are generated from.
+//! - [`cli`]: the `hch` command line.
+//!
+//! The flow of one question: the caller builds an [`domain::Instance`] (generated from a seed or
+//! parsed from text), then an [`eval::Evaluator`] runs the domain's overseer on the root question;
+//! every subquestion recurses or goes to the [`answerer::Answerer`] at the mode's depth, identical
+//! subquestions are shared through the instance's memo, and the result carries the answer, counters
+//! and a [`eval::trace::Trace`].
+#![forbid(unsafe_code)]
+
+pub mod answerer;
+pub mod cli;
+pub mod domain;
+pub mod eval;
+pub mod rng;
+pub mod text;

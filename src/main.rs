@@ -1,0 +1,3 @@
+fn main() -> anyhow::Result<()> {
+    hch::cli::main()
+}
