@@ -35,7 +35,7 @@ pub const FULL_SIZE: usize = 64;
 pub const UNKNOWN_TEXT: &str = "?";
 
 /// One task family. See the module docs and `docs/domains.md`.
-pub trait Domain: Send + Sync + Sized + 'static {
+pub trait Domain: Debug + Send + Sync + Sized + 'static {
     /// Which of the five this is.
     const KIND: DomainKind;
     /// Whether H's recursion terminates on its own (every subquestion is strictly simpler), so that
