@@ -1,4 +1,233 @@
-//! The `hch` command line.
-pub fn main() -> anyhow::Result<()> {
+//! The `hch` command line. Each subcommand is a thin layer over the library: it parses flags,
+//! builds the pieces, and prints. Errors surface as `anyhow` messages at this edge only.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use crate::answerer::{Answerer, Oracle};
+use crate::domain::{parse_question_for, print_reply, Domain, DomainKind, Instance, FULL_SIZE};
+use crate::eval::{Budget, EvalOptions, Evaluator, Mode};
+use crate::rng::Rng;
+use crate::with_domain;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "hch",
+    version,
+    about = "Evaluate HCH trees for iterated amplification",
+    long_about = "Evaluate HCH trees for iterated amplification: an overseer H breaks questions \
+                  into subquestions answered by recursion or by a model.\n\nDomains: permutation, \
+                  assignments, wildcard, shortest-path, union-find (syntax in docs/domains.md)."
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Pose one question about an instance and print the answer (and, with --tree, the tree).
+    Ask(AskArgs),
+    /// Print a generated instance and sample questions with their true answers.
+    Sample(SampleArgs),
+}
+
+/// Where the instance comes from: generated from (size, seed), or given as text.
+#[derive(Args, Debug)]
+struct InstanceArgs {
+    /// The domain: permutation, assignments, wildcard, shortest-path or union-find.
+    #[arg(short, long)]
+    domain: DomainKind,
+    /// Instance size (number of symbols) when generating; the paper's full size is 64.
+    #[arg(long, default_value_t = FULL_SIZE)]
+    size: usize,
+    /// Seed of the generated instance.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// The instance's facts in the domain's text syntax, instead of generating.
+    #[arg(long, conflicts_with_all = ["instance_file"])]
+    instance: Option<String>,
+    /// A file holding the instance's facts in text syntax.
+    #[arg(long)]
+    instance_file: Option<PathBuf>,
+}
+
+/// Which answerer answers at the leaves.
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+enum AnswererChoice {
+    /// Ground truth. For checking trees and evaluation only; models come with `hch train`.
+    Oracle,
+    /// No answerer (exact mode only).
+    None,
+}
+
+#[derive(Args, Debug)]
+struct AskArgs {
+    #[command(flatten)]
+    instance: InstanceArgs,
+    /// The question in the domain's text syntax (for example `01*0*1` for wildcard).
+    #[arg(short, long)]
+    question: String,
+    /// distilled, amplified, hch:D or exact.
+    #[arg(short, long, default_value = "exact")]
+    mode: Mode,
+    /// The answerer at the leaves (required by every mode but exact).
+    #[arg(long, value_enum, default_value_t = AnswererChoice::None)]
+    answerer: AnswererChoice,
+    /// Depth budget (the root is depth 0).
+    #[arg(long)]
+    max_depth: Option<u32>,
+    /// Node budget.
+    #[arg(long)]
+    max_nodes: Option<u64>,
+    /// Deadline for the whole tree, in milliseconds.
+    #[arg(long)]
+    deadline_ms: Option<u64>,
+    /// Turn the memo off (every subquestion is evaluated, even if seen before).
+    #[arg(long)]
+    no_memo: bool,
+    /// Print the tree, one node per line.
+    #[arg(long)]
+    tree: bool,
+    /// Print the instance's facts.
+    #[arg(long)]
+    show_instance: bool,
+    /// Also print the ground truth, to check the answer.
+    #[arg(long)]
+    truth: bool,
+}
+
+#[derive(Args, Debug)]
+struct SampleArgs {
+    #[command(flatten)]
+    instance: InstanceArgs,
+    /// How many questions to sample.
+    #[arg(long, default_value_t = 5)]
+    questions: usize,
+}
+
+/// Entry point of the `hch` binary.
+pub fn main() -> Result<()> {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "warn".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    runtime.block_on(async {
+        match cli.command {
+            Command::Ask(args) => with_domain!(args.instance.domain, d => ask(d, args).await),
+            Command::Sample(args) => with_domain!(args.instance.domain, d => sample(d, args)),
+        }
+    })
+}
+
+fn load_instance<D: Domain>(domain: &D, args: &InstanceArgs) -> Result<Arc<Instance<D>>> {
+    let text = match (&args.instance, &args.instance_file) {
+        (Some(text), _) => Some(text.clone()),
+        (None, Some(path)) => Some(
+            std::fs::read_to_string(path)
+                .with_context(|| format!("reading instance file {}", path.display()))?,
+        ),
+        (None, None) => None,
+    };
+    match text {
+        Some(text) => Instance::parse(domain, text.trim())
+            .with_context(|| format!("parsing the {} instance", D::KIND)),
+        None => Instance::generate(domain, args.size, args.seed).map_err(Into::into),
+    }
+}
+
+async fn ask<D: Domain + Copy>(domain: D, args: AskArgs) -> Result<()> {
+    let instance = load_instance(&domain, &args.instance)?;
+    let question = parse_question_for(&domain, instance.facts(), &args.question)
+        .with_context(|| format!("parsing the {} question", D::KIND))?;
+    let answerer: Option<Arc<dyn Answerer<D>>> = match args.answerer {
+        AnswererChoice::Oracle => Some(Arc::new(Oracle::new(domain))),
+        AnswererChoice::None => None,
+    };
+    if answerer.is_none() && args.mode != Mode::Exact {
+        bail!(
+            "mode {} needs an answerer at the leaves: pass --answerer oracle (models come with \
+             `hch train`), or use --mode exact",
+            args.mode
+        );
+    }
+    let evaluator = Evaluator::new(
+        domain,
+        answerer,
+        EvalOptions {
+            memo: !args.no_memo,
+            trace: true,
+        },
+    );
+    let budget = Budget {
+        max_depth: args.max_depth,
+        max_nodes: args.max_nodes,
+        deadline: args.deadline_ms.map(Duration::from_millis),
+    };
+    if args.show_instance {
+        println!("instance: {}", domain.print_facts(instance.facts()));
+    }
+    let result = evaluator
+        .evaluate(&instance, question.clone(), args.mode, budget)
+        .await?;
+    println!(
+        "{} {} = {}",
+        D::KIND,
+        domain.print_question(&question),
+        print_reply(&domain, &result.answer)
+    );
+    println!(
+        "mode {}, {} nodes, {} memo hits, {} answerer queries, {:?}{}",
+        args.mode,
+        result.stats.nodes,
+        result.stats.memo_hits,
+        result.stats.answerer_queries,
+        result.elapsed,
+        result
+            .exhausted
+            .map(|e| format!(", degraded by {}", e.name()))
+            .unwrap_or_default()
+    );
+    if args.truth {
+        let truth = domain.truth(instance.facts(), &question);
+        let verdict = if result.answer.as_ref() == Some(&truth) {
+            "correct"
+        } else {
+            "WRONG"
+        };
+        println!("ground truth: {} ({verdict})", domain.print_answer(&truth));
+    }
+    if args.tree {
+        if let Some(trace) = &result.trace {
+            print!("{}", trace.render(&domain));
+        }
+    }
+    Ok(())
+}
+
+fn sample<D: Domain>(domain: D, args: SampleArgs) -> Result<()> {
+    let instance = load_instance(&domain, &args.instance)?;
+    println!("{}", domain.print_facts(instance.facts()));
+    let mut rng = Rng::derived(args.instance.seed, 0x5a3);
+    for _ in 0..args.questions {
+        let q = domain.sample_question(instance.facts(), &mut rng);
+        println!(
+            "{}  ->  {}",
+            domain.print_question(&q),
+            domain.print_answer(&domain.truth(instance.facts(), &q))
+        );
+    }
     Ok(())
 }
