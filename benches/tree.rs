@@ -1,1 +1,146 @@
-fn main() {}
+//! In-process tree evaluation on full-size instances: nodes per second on one core.
+//!
+//! Each iteration evaluates a fixed set of trees (seeded instances and questions), one after
+//! another on a current-thread runtime. In the main configurations every tree gets a fresh
+//! `Instance` (its own empty memo), so the memo saves only repeats within a tree and costs its
+//! full price on every node; `memo+trace/shared` lets the trees of one instance share its memo, as
+//! concurrent questions about one instance do in the coordinator. Throughput is in tree nodes:
+//! every node of the trace, memo hits included (with the memo off, every node is evaluated).
+//! Modes: exact (well-founded domains) and amplified with the oracle.
+
+use std::sync::Arc;
+
+use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
+use hch::answerer::{Answerer, Oracle};
+use hch::domain::{Domain, DomainKind, Instance, FULL_SIZE};
+use hch::eval::{Budget, EvalOptions, Evaluator, Mode};
+use hch::rng::Rng;
+use hch::with_domain;
+
+const INSTANCES: u64 = 8;
+const QUESTIONS: usize = 16;
+
+struct Workload<D: Domain> {
+    facts: Vec<D::Facts>,
+    questions: Vec<Vec<D::Question>>,
+}
+
+fn workload<D: Domain>(domain: &D) -> Workload<D> {
+    let facts: Vec<_> = (0..INSTANCES)
+        .map(|s| domain.generate(FULL_SIZE, s).unwrap())
+        .collect();
+    let questions = facts
+        .iter()
+        .enumerate()
+        .map(|(i, f)| {
+            let mut rng = Rng::new(i as u64);
+            (0..QUESTIONS)
+                .map(|_| domain.sample_question(f, &mut rng))
+                .collect()
+        })
+        .collect();
+    Workload { facts, questions }
+}
+
+async fn run_all<D: Domain>(
+    evaluator: &Evaluator<D>,
+    work: &Workload<D>,
+    instances: &[Vec<Arc<Instance<D>>>],
+    mode: Mode,
+) -> u64 {
+    let mut nodes = 0;
+    for (per_tree, questions) in instances.iter().zip(&work.questions) {
+        for (instance, q) in per_tree.iter().cycle().zip(questions) {
+            let r = evaluator
+                .evaluate(instance, q.clone(), mode, Budget::default())
+                .await
+                .unwrap();
+            nodes += r.stats.nodes + r.stats.memo_hits;
+        }
+    }
+    nodes
+}
+
+fn bench_domain<D: Domain + Copy>(c: &mut Criterion, domain: D, mode: Mode) {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
+    let work = workload(&domain);
+    let oracle: Option<Arc<dyn Answerer<D>>> = match mode {
+        Mode::Exact => None,
+        _ => Some(Arc::new(Oracle::new(domain))),
+    };
+    // One instance per tree, or one per group of trees about the same facts.
+    let fresh = |shared: bool| -> Vec<Vec<Arc<Instance<D>>>> {
+        work.facts
+            .iter()
+            .map(|f| {
+                let copies = if shared { 1 } else { QUESTIONS };
+                (0..copies)
+                    .map(|_| Instance::new(&domain, f.clone()))
+                    .collect()
+            })
+            .collect()
+    };
+    let mut group = c.benchmark_group(format!("{}/{mode}", D::KIND));
+    for (label, memo, trace, shared) in [
+        ("memo+trace", true, true, false),
+        ("no-memo+trace", false, true, false),
+        ("no-memo+no-trace", false, false, false),
+        ("memo+trace/shared", true, true, true),
+    ] {
+        let evaluator = Evaluator::new(domain, oracle.clone(), EvalOptions { memo, trace });
+        let nodes = rt.block_on(run_all(&evaluator, &work, &fresh(shared), mode));
+        group.throughput(Throughput::Elements(nodes));
+        group.bench_function(label, |b| {
+            b.iter_batched(
+                || fresh(shared),
+                |instances| rt.block_on(run_all(&evaluator, &work, &instances, mode)),
+                BatchSize::SmallInput,
+            )
+        });
+    }
+    group.finish();
+}
+
+/// `HCH_BENCH_DOMAINS=wildcard,permutation` restricts the run to those domains.
+fn selected() -> Vec<DomainKind> {
+    match std::env::var("HCH_BENCH_DOMAINS") {
+        Ok(list) => list
+            .split(',')
+            .map(|s| s.trim().parse().expect("HCH_BENCH_DOMAINS: unknown domain"))
+            .collect(),
+        Err(_) => DomainKind::ALL.to_vec(),
+    }
+}
+
+fn trees(c: &mut Criterion) {
+    for kind in selected() {
+        with_domain!(kind, d => {
+            if <_ as DomainWellFounded>::well_founded(&d) {
+                bench_domain(c, d, Mode::Exact);
+            }
+            bench_domain(c, d, Mode::Amplified);
+        });
+    }
+}
+
+trait DomainWellFounded {
+    fn well_founded(&self) -> bool;
+}
+
+impl<D: Domain> DomainWellFounded for D {
+    fn well_founded(&self) -> bool {
+        D::WELL_FOUNDED
+    }
+}
+
+criterion_group! {
+    name = benches;
+    config = Criterion::default()
+        .sample_size(20)
+        .warm_up_time(std::time::Duration::from_millis(500))
+        .measurement_time(std::time::Duration::from_secs(2));
+    targets = trees
+}
+criterion_main!(benches);

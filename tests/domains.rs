@@ -27,7 +27,12 @@ async fn check_domain<D: Domain + Copy>(domain: D) {
         let parsed = domain
             .parse_facts(&text)
             .unwrap_or_else(|e| panic!("{} seed {seed}: {e}", D::KIND));
-        assert_eq!(parsed, facts, "{} seed {seed}: facts text round trip", D::KIND);
+        assert_eq!(
+            parsed,
+            facts,
+            "{} seed {seed}: facts text round trip",
+            D::KIND
+        );
         assert_eq!(domain.generate(FULL_SIZE, seed).unwrap(), facts);
         assert_eq!(
             domain.encode_facts(&facts).len() % D::FACT_WIDTH,
@@ -70,10 +75,18 @@ async fn check_domain<D: Domain + Copy>(domain: D) {
                 .await;
             if D::WELL_FOUNDED {
                 let r = exact.unwrap();
-                assert_eq!(r.answer.as_ref(), Some(&truth), "{} exact {q_text}", D::KIND);
+                assert_eq!(
+                    r.answer.as_ref(),
+                    Some(&truth),
+                    "{} exact {q_text}",
+                    D::KIND
+                );
                 assert_eq!(r.stats.answerer_queries, 0);
             } else {
-                assert_eq!(exact.unwrap_err(), EvalError::ExactNotWellFounded(D::KIND.name()));
+                assert_eq!(
+                    exact.unwrap_err(),
+                    EvalError::ExactNotWellFounded(D::KIND.name())
+                );
             }
             checked += 1;
         }

@@ -285,7 +285,11 @@ impl Domain for Wildcard {
                 bits: s,
             };
             out.extend((0..WIDTH).map(|i| Marker::of_char(bit_char(p, i))));
-            out.push(tokens::marker(if v > 0 { Marker::PLUS } else { Marker::MINUS }));
+            out.push(tokens::marker(if v > 0 {
+                Marker::PLUS
+            } else {
+                Marker::MINUS
+            }));
         }
         out
     }

@@ -1,11 +1,13 @@
 //! The memo: single-flight evaluation of identical subquestions.
 //!
 //! Each [`Instance`](crate::domain::Instance) owns one memo table, so every tree that holds the same
-//! `Arc<Instance>` shares it, and the table is freed with the instance. An entry is a
-//! `tokio::sync::OnceCell`: the first evaluation to arrive initialises it and every other one
-//! (in the same tree or in a concurrent one) waits for that result instead of recomputing. If the
-//! initialising tree is dropped mid-evaluation, `OnceCell` lets one of the waiters take over, so
-//! cancellation of one tree never strands another.
+//! `Arc<Instance>` shares it, and the table is freed with the instance. A slot is either pending
+//! (some node is computing it) or done. The first evaluation to arrive claims the slot and computes;
+//! every other one, in the same tree or in a concurrent one, waits for that result instead of
+//! recomputing. If the computing node is dropped (its tree was cancelled), its claim removes the
+//! pending slot and wakes the waiters, one of which takes over: cancelling one tree never strands
+//! another. A waiter list is allocated only when a second evaluation actually waits, so the common
+//! case costs one map insert and one update.
 //!
 //! What makes two evaluations "the same" is the question, the answerer's identity and the
 //! *horizon* (remaining depth), never the question alone: the shortest-path and union-find overseers
@@ -18,11 +20,13 @@
 //! by the tree that produced it: other trees ignore it and evaluate for themselves.
 
 use std::hash::BuildHasherDefault;
+use std::pin::pin;
 use std::sync::Arc;
 
+use dashmap::mapref::entry::Entry;
 use dashmap::DashMap;
 use rustc_hash::FxHasher;
-use tokio::sync::OnceCell;
+use tokio::sync::Notify;
 
 use crate::domain::Domain;
 
@@ -48,6 +52,16 @@ impl<D: Domain> PartialEq for MemoKey<D> {
 
 impl<D: Domain> Eq for MemoKey<D> {}
 
+impl<D: Domain> Clone for MemoKey<D> {
+    fn clone(&self) -> Self {
+        Self {
+            question: self.question.clone(),
+            horizon: self.horizon,
+            answerer: self.answerer,
+        }
+    }
+}
+
 impl<D: Domain> std::hash::Hash for MemoKey<D> {
     fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
         self.question.hash(state);
@@ -63,11 +77,57 @@ pub(crate) struct Memoed<A> {
     pub tainted_by: Option<TreeId>,
 }
 
-pub(crate) type Cell<D> = Arc<OnceCell<Memoed<<D as Domain>::Answer>>>;
+enum Slot<A> {
+    /// Being computed; the `Notify` exists once someone waits.
+    Pending(Option<Arc<Notify>>),
+    Done(Memoed<A>),
+}
+
+/// The outcome of [`Memo::claim`].
+pub(crate) enum Claim<'m, D: Domain> {
+    /// An identical evaluation has finished (possibly after this call waited for it).
+    Hit(Memoed<D::Answer>),
+    /// This caller must compute the value and hand it to [`Computing::finish`].
+    Compute(Computing<'m, D>),
+}
+
+/// The right (and duty) to compute one memo slot. Dropping it unfinished releases the slot.
+pub(crate) struct Computing<'m, D: Domain> {
+    memo: &'m Memo<D>,
+    key: Option<MemoKey<D>>,
+}
+
+impl<D: Domain> Computing<'_, D> {
+    /// Publishes the value and wakes everyone waiting for it.
+    pub fn finish(mut self, value: Memoed<D::Answer>) {
+        let Some(key) = self.key.take() else { return };
+        let waiters = match self.memo.table.get_mut(&key) {
+            Some(mut slot) => match std::mem::replace(&mut *slot, Slot::Done(value)) {
+                Slot::Pending(waiters) => waiters,
+                Slot::Done(_) => None,
+            },
+            None => None,
+        };
+        if let Some(w) = waiters {
+            w.notify_waiters();
+        }
+    }
+}
+
+impl<D: Domain> Drop for Computing<'_, D> {
+    fn drop(&mut self) {
+        // Unfinished: the computing node was cancelled. Free the slot for a waiter to claim.
+        if let Some(key) = self.key.take() {
+            if let Some((_, Slot::Pending(Some(w)))) = self.memo.table.remove(&key) {
+                w.notify_waiters();
+            }
+        }
+    }
+}
 
 /// Per-instance memo table (see the module docs).
 pub struct Memo<D: Domain> {
-    table: DashMap<MemoKey<D>, Cell<D>, BuildHasherDefault<FxHasher>>,
+    table: DashMap<MemoKey<D>, Slot<D::Answer>, BuildHasherDefault<FxHasher>>,
 }
 
 impl<D: Domain> Default for Memo<D> {
@@ -80,15 +140,36 @@ impl<D: Domain> Default for Memo<D> {
 }
 
 impl<D: Domain> Memo<D> {
-    /// The cell for `key`, created empty if absent.
-    pub(crate) fn cell(&self, key: MemoKey<D>) -> Cell<D> {
-        if let Some(cell) = self.table.get(&key) {
-            return cell.clone();
+    /// Returns the finished value for `key`, waiting if it is being computed, or the claim to
+    /// compute it.
+    pub(crate) async fn claim(&self, key: MemoKey<D>) -> Claim<'_, D> {
+        loop {
+            let waiter = match self.table.entry(key.clone()) {
+                Entry::Vacant(vacant) => {
+                    vacant.insert(Slot::Pending(None));
+                    return Claim::Compute(Computing {
+                        memo: self,
+                        key: Some(key),
+                    });
+                }
+                Entry::Occupied(mut occupied) => match occupied.get_mut() {
+                    Slot::Done(m) => return Claim::Hit(m.clone()),
+                    Slot::Pending(w) => w.get_or_insert_with(Default::default).clone(),
+                },
+            };
+            let mut notified = pin!(waiter.notified());
+            // Register before looking again, so a wake-up between the two cannot be missed; the
+            // slot may have finished (or been released) while the lock was not held.
+            notified.as_mut().enable();
+            match self.table.get(&key).as_deref() {
+                Some(Slot::Pending(_)) => notified.await,
+                Some(Slot::Done(m)) => return Claim::Hit(m.clone()),
+                None => {}
+            }
         }
-        self.table.entry(key).or_default().clone()
     }
 
-    /// Number of distinct keys ever entered.
+    /// Number of slots (finished or in flight).
     pub fn len(&self) -> usize {
         self.table.len()
     }

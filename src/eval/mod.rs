@@ -32,7 +32,7 @@ use tokio::time::Instant;
 
 use crate::answerer::{Answerer, Query};
 use crate::domain::{Domain, Instance};
-use memo::{MemoKey, Memoed, TreeId};
+use memo::{Claim, MemoKey, Memoed, TreeId};
 use trace::{AnsweredBy, Exhausted, NodeId, Recorder, Trace, TraceNode};
 
 /// Deepest tree any mode or budget may ask for. Exact mode uses it when no depth budget is given;
@@ -101,7 +101,9 @@ impl FromStr for Mode {
             .parse()
             .map_err(|_| format!("mode {s:?}: expected a depth after hch, like hch:3"))?;
         if d > MAX_TREE_DEPTH {
-            return Err(format!("mode {s:?}: depth {d} exceeds the maximum {MAX_TREE_DEPTH}"));
+            return Err(format!(
+                "mode {s:?}: depth {d} exceeds the maximum {MAX_TREE_DEPTH}"
+            ));
         }
         Ok(Mode::Hch(d))
     }
@@ -273,7 +275,7 @@ impl<D: Domain> Evaluator<D> {
             deadline: budget.deadline.map(|d| started + d),
             memo: self.options.memo,
             recorder: self.options.trace.then(Recorder::new),
-            started,
+            trace_epoch: std::time::Instant::now(),
             nodes: AtomicU64::new(0),
             memo_hits: AtomicU64::new(0),
             answerer_queries: AtomicU64::new(0),
@@ -299,7 +301,7 @@ impl<D: Domain> Evaluator<D> {
                             by: AnsweredBy::Nobody,
                             exhausted: Some(Exhausted::Deadline),
                             start: Duration::ZERO,
-                            end: started.elapsed(),
+                            end: ctx.trace_epoch.elapsed(),
                         });
                     }
                     None
@@ -390,7 +392,8 @@ struct TreeCtx<D: Domain> {
     deadline: Option<Instant>,
     memo: bool,
     recorder: Option<Recorder<D>>,
-    started: Instant,
+    /// Zero of the trace's timestamps.
+    trace_epoch: std::time::Instant,
     nodes: AtomicU64,
     memo_hits: AtomicU64,
     answerer_queries: AtomicU64,
@@ -411,10 +414,11 @@ impl<D: Domain> TreeCtx<D> {
     ) -> BoxFuture<'_, Option<D::Answer>> {
         Box::pin(async move {
             let id = self.recorder.as_ref().map_or(0, |r| r.open());
-            let start = (self.recorder.is_some() || self.deadline.is_some()).then(Instant::now);
-            let (answer, by, exhausted) = self.node(&question, depth, id, start).await;
-            if let Some(r) = &self.recorder {
-                let begin = start.map_or(Duration::ZERO, |s| s - self.started);
+            // Trace timing uses the plain monotonic clock (cheap); only the deadline needs tokio's
+            // clock, which tests can pause.
+            let start = self.recorder.is_some().then(std::time::Instant::now);
+            let (answer, by, exhausted) = self.node(&question, depth, id).await;
+            if let (Some(r), Some(start)) = (&self.recorder, start) {
                 r.close(TraceNode {
                     id,
                     parent,
@@ -423,23 +427,17 @@ impl<D: Domain> TreeCtx<D> {
                     answer: answer.clone(),
                     by,
                     exhausted,
-                    start: begin,
-                    end: self.started.elapsed(),
+                    start: start.saturating_duration_since(self.trace_epoch),
+                    end: self.trace_epoch.elapsed(),
                 });
             }
             answer
         })
     }
 
-    async fn node(
-        &self,
-        question: &D::Question,
-        depth: u32,
-        id: NodeId,
-        now: Option<Instant>,
-    ) -> NodeOutcome<D::Answer> {
-        if let (Some(deadline), Some(now)) = (self.deadline, now) {
-            if now >= deadline {
+    async fn node(&self, question: &D::Question, depth: u32, id: NodeId) -> NodeOutcome<D::Answer> {
+        if let Some(deadline) = self.deadline {
+            if Instant::now() >= deadline {
                 self.exhaust(Exhausted::Deadline);
                 return (None, AnsweredBy::Nobody, Some(Exhausted::Deadline));
             }
@@ -456,24 +454,16 @@ impl<D: Domain> TreeCtx<D> {
                 0
             },
         };
-        let cell = self.instance.memo.cell(key);
-        if let Some(m) = cell.get() {
-            return self.reuse(m, question, depth, id).await;
-        }
-        let mut computed = None;
-        let m = cell
-            .get_or_init(|| async {
+        match self.instance.memo.claim(key).await {
+            Claim::Hit(m) => self.reuse(&m, question, depth, id).await,
+            Claim::Compute(claim) => {
                 let (answer, by, exhausted) = self.compute(question, depth, id).await;
-                computed = Some((by, exhausted));
-                Memoed {
-                    answer,
+                claim.finish(Memoed {
+                    answer: answer.clone(),
                     tainted_by: self.tainted.load(Ordering::Relaxed).then_some(self.tree),
-                }
-            })
-            .await;
-        match computed {
-            Some((by, exhausted)) => (m.answer.clone(), by, exhausted),
-            None => self.reuse(m, question, depth, id).await,
+                });
+                (answer, by, exhausted)
+            }
         }
     }
 

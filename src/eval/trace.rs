@@ -97,7 +97,14 @@ impl<D: Domain> Trace<D> {
 
     /// Children of each node, indexed by position in `nodes`.
     fn children(&self) -> Vec<Vec<usize>> {
-        let mut pos = vec![usize::MAX; self.nodes.iter().map(|n| n.id as usize + 1).max().unwrap_or(0)];
+        let mut pos = vec![
+            usize::MAX;
+            self.nodes
+                .iter()
+                .map(|n| n.id as usize + 1)
+                .max()
+                .unwrap_or(0)
+        ];
         for (i, n) in self.nodes.iter().enumerate() {
             pos[n.id as usize] = i;
         }
