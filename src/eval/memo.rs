@@ -125,6 +125,9 @@ impl<D: Domain> Drop for Computing<'_, D> {
     }
 }
 
+/// Slots allocated up front for each instance's table.
+const MEMO_INITIAL_CAPACITY: usize = 0;
+
 /// Per-instance memo table (see the module docs).
 pub struct Memo<D: Domain> {
     table: DashMap<MemoKey<D>, Slot<D::Answer>, BuildHasherDefault<FxHasher>>,
@@ -133,8 +136,13 @@ pub struct Memo<D: Domain> {
 impl<D: Domain> Default for Memo<D> {
     fn default() -> Self {
         Self {
-            // Few shards: a table serves one instance, and most instances see a few hundred keys.
-            table: DashMap::with_capacity_and_hasher_and_shard_amount(0, Default::default(), 8),
+            // A table serves one instance: a few hundred keys, touched by a handful of concurrent
+            // trees. Two shards sized for a typical tree avoid most rehashing while it grows.
+            table: DashMap::with_capacity_and_hasher_and_shard_amount(
+                MEMO_INITIAL_CAPACITY,
+                Default::default(),
+                2,
+            ),
         }
     }
 }
