@@ -169,10 +169,15 @@ impl<D: Domain> Memo<D> {
             // Register before looking again, so a wake-up between the two cannot be missed; the
             // slot may have finished (or been released) while the lock was not held.
             notified.as_mut().enable();
-            match self.table.get(&key).as_deref() {
-                Some(Slot::Pending(_)) => notified.await,
+            // (The read guard must be gone before awaiting: the computing node needs the write
+            // lock to publish.)
+            let pending = match self.table.get(&key).as_deref() {
+                Some(Slot::Pending(_)) => true,
                 Some(Slot::Done(m)) => return Claim::Hit(m.clone()),
-                None => {}
+                None => false,
+            };
+            if pending {
+                notified.await;
             }
         }
     }

@@ -1,0 +1,105 @@
+//! Test fixtures shared by the integration tests.
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Mutex;
+
+use futures::future::BoxFuture;
+use hch::answerer::{AnswerError, Answerer, AnswererId, Answers, Oracle, Query};
+use hch::domain::Domain;
+use tokio::sync::watch;
+
+/// The oracle behind a gate: every call records itself, then waits until the test opens the gate
+/// (or forever, if it never does). Counts calls per question and calls dropped while waiting, so
+/// tests can see single-flight and cancellation directly.
+pub struct Gated<D: Domain> {
+    oracle: Oracle<D>,
+    open: watch::Sender<bool>,
+    entered: watch::Sender<usize>,
+    calls: Mutex<HashMap<D::Question, usize>>,
+    cancelled: AtomicUsize,
+    /// Virtual time each call takes once the gate is open (tokio time, so tests can pause it).
+    pub delay: std::time::Duration,
+}
+
+impl<D: Domain> Gated<D> {
+    pub fn new(domain: D, open: bool) -> Self {
+        Self {
+            oracle: Oracle::new(domain),
+            open: watch::Sender::new(open),
+            entered: watch::Sender::new(0),
+            calls: Mutex::new(HashMap::new()),
+            cancelled: AtomicUsize::new(0),
+            delay: std::time::Duration::ZERO,
+        }
+    }
+
+    pub fn open(&self) {
+        self.open.send_replace(true);
+    }
+
+    /// Resolves once at least `n` calls have entered the answerer.
+    pub async fn entered(&self, n: usize) {
+        let mut rx = self.entered.subscribe();
+        rx.wait_for(|&e| e >= n)
+            .await
+            .expect("sender lives in self");
+    }
+
+    pub fn calls(&self) -> HashMap<D::Question, usize> {
+        self.calls.lock().unwrap().clone()
+    }
+
+    pub fn total_calls(&self) -> usize {
+        self.calls.lock().unwrap().values().sum()
+    }
+
+    pub fn cancelled(&self) -> usize {
+        self.cancelled.load(Ordering::SeqCst)
+    }
+}
+
+struct CancelGuard<'a> {
+    cancelled: &'a AtomicUsize,
+    armed: bool,
+}
+
+impl Drop for CancelGuard<'_> {
+    fn drop(&mut self) {
+        if self.armed {
+            self.cancelled.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+}
+
+impl<D: Domain> Answerer<D> for Gated<D> {
+    fn id(&self) -> AnswererId {
+        AnswererId::oracle()
+    }
+
+    fn answer<'a>(&'a self, batch: &'a [Query<D>]) -> BoxFuture<'a, Answers<D::Answer>> {
+        Box::pin(async move {
+            {
+                let mut calls = self.calls.lock().unwrap();
+                for q in batch {
+                    *calls.entry(q.question.clone()).or_default() += 1;
+                }
+            }
+            self.entered.send_modify(|e| *e += batch.len());
+            let mut guard = CancelGuard {
+                cancelled: &self.cancelled,
+                armed: true,
+            };
+            let mut open = self.open.subscribe();
+            open.wait_for(|&o| o)
+                .await
+                .map_err(|_| AnswerError::Unavailable("gate dropped".into()))?;
+            if !self.delay.is_zero() {
+                tokio::time::sleep(self.delay).await;
+            }
+            guard.armed = false;
+            self.oracle.answer(batch).await
+        })
+    }
+}
