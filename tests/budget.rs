@@ -30,7 +30,7 @@ async fn node_budget_without_answerer_gives_unknown() {
         ..Budget::default()
     };
     let r = evaluator
-        .evaluate(&instance, q.clone(), Mode::Exact, budget)
+        .evaluate(&instance, q, Mode::Exact, budget)
         .await
         .unwrap();
     assert_eq!(r.answer, None);
@@ -46,7 +46,7 @@ async fn node_budget_without_answerer_gives_unknown() {
     // The degraded answers stay with that tree: another tree on the same instance (same memo)
     // evaluates for itself and gets the truth.
     let full = evaluator
-        .evaluate(&instance, q.clone(), Mode::Exact, Budget::default())
+        .evaluate(&instance, q, Mode::Exact, Budget::default())
         .await
         .unwrap();
     assert_eq!(full.answer, Some(d.truth(instance.facts(), &q)));
@@ -64,7 +64,7 @@ async fn node_budget_with_answerer_degrades_to_the_answerer() {
         ..Budget::default()
     };
     let r = evaluator
-        .evaluate(&instance, q.clone(), Mode::Hch(6), budget)
+        .evaluate(&instance, q, Mode::Hch(6), budget)
         .await
         .unwrap();
     // The oracle is right, so degrading to it keeps the answer right.
@@ -90,7 +90,7 @@ async fn depth_budget_stops_recursion() {
 
     let exact = Evaluator::new(d, None, EvalOptions::default());
     let r = exact
-        .evaluate(&instance, q.clone(), Mode::Exact, budget)
+        .evaluate(&instance, q, Mode::Exact, budget)
         .await
         .unwrap();
     assert_eq!(r.answer, None);
@@ -99,7 +99,7 @@ async fn depth_budget_stops_recursion() {
 
     let hch = Evaluator::new(d, oracle(d), EvalOptions::default());
     let r = hch
-        .evaluate(&instance, q.clone(), Mode::Hch(6), budget)
+        .evaluate(&instance, q, Mode::Hch(6), budget)
         .await
         .unwrap();
     assert_eq!(r.answer, Some(d.truth(instance.facts(), &q)));
@@ -163,7 +163,7 @@ async fn deadline_cuts_a_slow_sequential_tree_and_spares_a_fast_one() {
         ..Budget::default()
     };
     let r = evaluator
-        .evaluate(&instance, q.clone(), Mode::Hch(2), tight)
+        .evaluate(&instance, q, Mode::Hch(2), tight)
         .await
         .unwrap();
     assert_eq!(r.answer, None);
@@ -176,7 +176,7 @@ async fn deadline_cuts_a_slow_sequential_tree_and_spares_a_fast_one() {
         ..Budget::default()
     };
     let r = evaluator
-        .evaluate(&fresh, q.clone(), Mode::Hch(2), roomy)
+        .evaluate(&fresh, q, Mode::Hch(2), roomy)
         .await
         .unwrap();
     assert_eq!(r.answer, Some(d.truth(fresh.facts(), &q)));
@@ -189,14 +189,14 @@ async fn impossible_requests_are_refused_with_a_reason() {
     let q = ShortestPath.parse_question("dist 0 5").unwrap();
     let exact = Evaluator::new(ShortestPath, None, EvalOptions::default());
     let err = exact
-        .evaluate(&instance, q.clone(), Mode::Exact, Budget::default())
+        .evaluate(&instance, q, Mode::Exact, Budget::default())
         .await
         .unwrap_err();
     assert_eq!(err, EvalError::ExactNotWellFounded("shortest-path"));
     assert!(err.to_string().contains("not well founded"), "{err}");
 
     let err = exact
-        .evaluate(&instance, q.clone(), Mode::Amplified, Budget::default())
+        .evaluate(&instance, q, Mode::Amplified, Budget::default())
         .await
         .unwrap_err();
     assert_eq!(err, EvalError::NoAnswerer(Mode::Amplified));
@@ -213,7 +213,7 @@ async fn impossible_requests_are_refused_with_a_reason() {
         },
     ] {
         let err = with
-            .evaluate(&instance, q.clone(), Mode::Amplified, budget)
+            .evaluate(&instance, q, Mode::Amplified, budget)
             .await
             .unwrap_err();
         assert!(matches!(err, EvalError::InvalidBudget(_)), "{err}");

@@ -126,8 +126,8 @@ async fn in_flight_subquestions_are_shared_across_concurrent_trees() {
     let b = domain.parse_question("0100**").unwrap();
 
     let (ra, rb, ()) = tokio::join!(
-        evaluator.evaluate(&instance, a.clone(), Mode::Hch(2), Budget::default()),
-        evaluator.evaluate(&instance, b.clone(), Mode::Amplified, Budget::default()),
+        evaluator.evaluate(&instance, a, Mode::Hch(2), Budget::default()),
+        evaluator.evaluate(&instance, b, Mode::Amplified, Budget::default()),
         async {
             // A's four grandchildren are the only distinct leaves; B's two leaves are among them.
             gated.entered(4).await;
@@ -159,10 +159,8 @@ async fn a_cancelled_tree_hands_its_work_to_waiting_trees() {
     );
     let q = domain.parse_question("1*0*1*").unwrap();
 
-    let mut first =
-        Box::pin(evaluator.evaluate(&instance, q.clone(), Mode::Amplified, Budget::default()));
-    let mut second =
-        Box::pin(evaluator.evaluate(&instance, q.clone(), Mode::Amplified, Budget::default()));
+    let mut first = Box::pin(evaluator.evaluate(&instance, q, Mode::Amplified, Budget::default()));
+    let mut second = Box::pin(evaluator.evaluate(&instance, q, Mode::Amplified, Budget::default()));
     tokio::select! {
         _ = &mut first => panic!("the first tree finished while the gate was closed"),
         _ = gated.entered(2) => {}

@@ -48,7 +48,13 @@ fn damage() -> impl Strategy<Value = Damage> {
 
 fn apply(text: &str, damage: &Damage) -> String {
     let chars: Vec<char> = text.chars().collect();
-    let at = |i: usize| if chars.is_empty() { 0 } else { i % (chars.len() + 1) };
+    let at = |i: usize| {
+        if chars.is_empty() {
+            0
+        } else {
+            i % (chars.len() + 1)
+        }
+    };
     let mut out = chars.clone();
     match *damage {
         Damage::Delete(i, n) => {
@@ -137,17 +143,62 @@ fn malformed_text_names_the_problem() {
         union_find::UnionFind, wildcard::Wildcard,
     };
     let cases: Vec<(String, &str)> = vec![
-        (Wildcard.parse_question("01*2*1").unwrap_err().to_string(), "'2'"),
-        (Wildcard.parse_facts("010011:+1 010011:-1").unwrap_err().to_string(), "twice"),
-        (Permutation.parse_facts("0 1 1").unwrap_err().to_string(), "1"),
-        (Permutation.parse_question("sigma^64(3)").unwrap_err().to_string(), "63"),
-        (Assignments.parse_facts("x0 = 3; x1 = x0 + x2; x2 = 1").unwrap_err().to_string(), "before it is defined"),
-        (ShortestPath.parse_facts("n=4: 0>1 1>7").unwrap_err().to_string(), "7"),
-        (ShortestPath.parse_question("dist 3").unwrap_err().to_string(), "expected"),
-        (UnionFind.parse_question("colour x3").unwrap_err().to_string(), "colour"),
+        (
+            Wildcard.parse_question("01*2*1").unwrap_err().to_string(),
+            "'2'",
+        ),
+        (
+            Wildcard
+                .parse_facts("010011:+1 010011:-1")
+                .unwrap_err()
+                .to_string(),
+            "twice",
+        ),
+        (
+            Permutation.parse_facts("0 1 1").unwrap_err().to_string(),
+            "1",
+        ),
+        (
+            Permutation
+                .parse_question("sigma^64(3)")
+                .unwrap_err()
+                .to_string(),
+            "63",
+        ),
+        (
+            Assignments
+                .parse_facts("x0 = 3; x1 = x0 + x2; x2 = 1")
+                .unwrap_err()
+                .to_string(),
+            "before it is defined",
+        ),
+        (
+            ShortestPath
+                .parse_facts("n=4: 0>1 1>7")
+                .unwrap_err()
+                .to_string(),
+            "7",
+        ),
+        (
+            ShortestPath
+                .parse_question("dist 3")
+                .unwrap_err()
+                .to_string(),
+            "expected",
+        ),
+        (
+            UnionFind
+                .parse_question("colour x3")
+                .unwrap_err()
+                .to_string(),
+            "colour",
+        ),
     ];
     for (shown, needle) in cases {
-        assert!(shown.contains(needle), "{shown:?} should mention {needle:?}");
+        assert!(
+            shown.contains(needle),
+            "{shown:?} should mention {needle:?}"
+        );
         assert!(shown.contains('^'), "{shown:?} should point at the problem");
     }
 }
