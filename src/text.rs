@@ -20,9 +20,16 @@ pub struct ParseError {
 }
 
 impl ParseError {
+    /// The span is widened to whole characters, so callers may count in bytes without care.
     pub fn new(input: &str, span: Range<usize>, message: impl Into<String>) -> Self {
-        let end = span.end.min(input.len());
-        let start = span.start.min(end);
+        let mut end = span.end.min(input.len());
+        while !input.is_char_boundary(end) {
+            end += 1;
+        }
+        let mut start = span.start.min(end);
+        while !input.is_char_boundary(start) {
+            start -= 1;
+        }
         Self {
             message: message.into(),
             input: input.to_string(),
@@ -253,6 +260,15 @@ mod tests {
         let shown = e.to_string();
         assert!(shown.contains("expected vertex"), "{shown}");
         assert!(shown.ends_with("       ^^"), "{shown}");
+    }
+
+    #[test]
+    fn spans_are_widened_to_whole_characters() {
+        let e = ParseError::new("aé", 2..2, "x");
+        assert_eq!(e.span, 1..3);
+        let e = ParseError::new("é", 1..1, "x");
+        assert_eq!(e.span, 0..2);
+        assert!(e.to_string().contains('^'));
     }
 
     #[test]

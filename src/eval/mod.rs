@@ -30,7 +30,7 @@ use std::time::Duration;
 use futures::future::{join_all, BoxFuture};
 use tokio::time::Instant;
 
-use crate::answerer::{Answerer, Query};
+use crate::answerer::{Answerer, AnswererId, Query};
 use crate::domain::{Domain, Instance};
 use memo::{Claim, MemoKey, Memoed, TreeId};
 use trace::{AnsweredBy, Exhausted, NodeId, Recorder, Trace, TraceNode};
@@ -183,6 +183,8 @@ pub struct TreeResult<D: Domain> {
 pub struct Evaluator<D: Domain> {
     domain: Arc<D>,
     answerer: Option<Arc<dyn Answerer<D>>>,
+    /// The answerer's identity, read once (it keys the memo and labels traces).
+    answerer_id: Option<AnswererId>,
     options: EvalOptions,
     next_tree: AtomicU64,
 }
@@ -191,6 +193,7 @@ impl<D: Domain> Evaluator<D> {
     pub fn new(domain: D, answerer: Option<Arc<dyn Answerer<D>>>, options: EvalOptions) -> Self {
         Self {
             domain: Arc::new(domain),
+            answerer_id: answerer.as_ref().map(|a| a.id()),
             answerer,
             options,
             next_tree: AtomicU64::new(1),
@@ -263,9 +266,13 @@ impl<D: Domain> Evaluator<D> {
             } else {
                 self.answerer.clone()
             },
-            answerer_key: match (&self.answerer, mode) {
+            answerer_key: match (&self.answerer_id, mode) {
                 (_, Mode::Exact) | (None, _) => 0,
-                (Some(a), _) => a.id().key,
+                (Some(id), _) => id.key,
+            },
+            answerer_label: match mode {
+                Mode::Exact => None,
+                _ => self.answerer_id.as_ref().map(|id| id.label.clone()),
             },
             tree,
             leaf_depth: leaf_depth.unwrap_or(u32::MAX),
@@ -315,8 +322,7 @@ impl<D: Domain> Evaluator<D> {
             memo_hits: ctx.memo_hits.load(Ordering::Relaxed),
             answerer_queries: ctx.answerer_queries.load(Ordering::Relaxed),
         };
-        let label = ctx.answerer.as_ref().map(|a| a.id().label);
-        let trace = ctx.recorder.map(|r| r.finish(label));
+        let trace = ctx.recorder.map(|r| r.finish(ctx.answerer_label));
         Ok(TreeResult {
             tree,
             answer,
@@ -381,6 +387,7 @@ struct TreeCtx<D: Domain> {
     instance: Arc<Instance<D>>,
     answerer: Option<Arc<dyn Answerer<D>>>,
     answerer_key: u64,
+    answerer_label: Option<Arc<str>>,
     tree: TreeId,
     /// Depth at which the answerer answers (`u32::MAX` in exact mode).
     leaf_depth: u32,
