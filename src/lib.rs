@@ -6,6 +6,10 @@
 //!   generation, the plain-text syntax, token encodings, the overseer H and the ground truth.
 //! - [`eval`]: tree evaluation (modes, budgets, the single-flight memo, traces).
 //! - [`answerer`]: the interface every answerer implements (oracle, model, remote pool).
+//! - [`model`]: the distilled models (tch): architecture, batched inference, training.
+//! - [`registry`]: the generations of a trained model on disk (weights plus a verified manifest,
+//!   published atomically) and the `CURRENT` pointer to the one in use.
+//! - [`fsutil`]: crash-safe file writing (temporary file, fsync, rename) and streaming SHA-256.
 //! - [`text`]: the parser toolkit behind the text syntax and its pointed error messages.
 //! - [`rng`]: the reproducible random stream instances are generated from.
 //! - [`cli`]: the `hch` command line.
@@ -21,5 +25,8 @@ pub mod answerer;
 pub mod cli;
 pub mod domain;
 pub mod eval;
+pub mod fsutil;
+pub mod model;
+pub mod registry;
 pub mod rng;
 pub mod text;

@@ -1,0 +1,37 @@
+# The two commands of the README, and their set-up.
+#
+#   make demo    run the main job
+#   make test    pass the tests
+#
+# Both first make sure libtorch is present: scripts/setup-libtorch.sh carves a CPU-only libtorch
+# out of the PyPI torch wheel into .libtorch/ (once; later runs do nothing). Set LIBTORCH yourself
+# (a CUDA libtorch, say) to skip it.
+
+TORCH_VERSION := 2.11.0
+LIBTORCH_STAMP := .libtorch/.complete-$(TORCH_VERSION)
+
+ifeq ($(LIBTORCH),)
+SETUP := $(LIBTORCH_STAMP)
+else
+SETUP :=
+endif
+
+.PHONY: demo test setup bench lint
+
+demo: $(SETUP)
+	cargo run --release -- ask --domain wildcard --question '*1**0*' --mode hch:2 --answerer oracle --tree --truth
+
+test: $(SETUP)
+	cargo test
+
+setup: $(SETUP)
+
+bench: $(SETUP)
+	cargo bench
+
+lint: $(SETUP)
+	cargo fmt --all -- --check
+	cargo clippy --all-targets --locked -- -D warnings
+
+$(LIBTORCH_STAMP):
+	scripts/setup-libtorch.sh

@@ -1,0 +1,59 @@
+//! A model behind the [`Answerer`] interface: one forward pass per batch, facts encoded once per
+//! distinct instance in the batch. Inference runs on tokio's blocking pool so that a forward pass
+//! never stalls the tasks evaluating trees. libtorch tensors are `Send` but not `Sync`, so the
+//! model sits behind a mutex: forward passes on one model are serial, and each uses libtorch's
+//! intra-op threads (batching, not concurrency, is the lever).
+
+use std::sync::{Arc, Mutex};
+
+use futures::future::BoxFuture;
+
+use super::Model;
+use crate::answerer::{AnswerError, Answerer, AnswererId, Answers, Query};
+use crate::domain::Domain;
+
+pub struct ModelAnswerer<D: Domain> {
+    model: Arc<Mutex<Model<D>>>,
+    id: AnswererId,
+}
+
+impl<D: Domain> ModelAnswerer<D> {
+    /// `key` must identify the weights (two answerers with the same key answer alike): the
+    /// registry derives it from the weights' hash.
+    pub fn new(model: Model<D>, key: u64, label: impl Into<Arc<str>>) -> Self {
+        assert_ne!(key, 0, "answerer key 0 is reserved for 'no answerer'");
+        Self {
+            model: Arc::new(Mutex::new(model)),
+            id: AnswererId {
+                key,
+                label: label.into(),
+            },
+        }
+    }
+
+    /// The model, for callers that need it directly (evaluation, saving).
+    pub fn model(&self) -> &Arc<Mutex<Model<D>>> {
+        &self.model
+    }
+}
+
+impl<D: Domain + Clone> Answerer<D> for ModelAnswerer<D> {
+    fn id(&self) -> AnswererId {
+        self.id.clone()
+    }
+
+    fn answer<'a>(&'a self, batch: &'a [Query<D>]) -> BoxFuture<'a, Answers<D::Answer>> {
+        let model = self.model.clone();
+        let batch: Vec<Query<D>> = batch.to_vec();
+        Box::pin(async move {
+            tokio::task::spawn_blocking(move || {
+                let queries: Vec<_> = batch.iter().map(|q| (&q.instance, &q.question)).collect();
+                let model = model.lock().unwrap_or_else(|p| p.into_inner());
+                model.predict(&queries)
+            })
+            .await
+            .map(Ok)
+            .unwrap_or_else(|e| Err(AnswerError::Internal(format!("model inference failed: {e}"))))
+        })
+    }
+}

@@ -1,0 +1,1209 @@
+//! The generation registry: the versions of a model kept on disk.
+//!
+//! Iterated amplification trains a sequence of models X₀, X₁, …; each is a *generation*: its
+//! weights (a safetensors file written by the model code, opaque here) plus a JSON [`Manifest`]
+//! recording where it came from (domain, parent generation, architecture config, training steps,
+//! metrics) and the SHA-256 and size of the weights. Layout under the registry root:
+//!
+//! ```text
+//! root/
+//!   generations/
+//!     g000000/                 one directory per generation, named g + six or more digits
+//!       weights.safetensors
+//!       manifest.json
+//!     g000001/
+//!       ...
+//!     .staging-{pid}-{n}-{t}/  a publish in progress (or abandoned by a crash); never read
+//!   CURRENT                    which generation is in use:
+//!                              {"generation": 1, "manifest_sha256": "<hex>"}
+//! ```
+//!
+//! # What a reader can trust
+//!
+//! - A directory `gNNNNNN` is complete: publishing assembles the weights and manifest inside a
+//!   hidden staging directory, syncs them to disk, and only then *renames the directory into
+//!   place*. A rename is atomic, so after a crash at any point a generation either does not exist
+//!   or exists with both files fully written. Staging directories are skipped by readers, and
+//!   [`Registry::open`] removes those whose publishing process is gone.
+//! - Generations are never modified after publishing. [`Registry::load`] nevertheless re-hashes
+//!   the weights against the manifest and refuses any mismatch, so a bit flip, a truncated copy
+//!   or a hand-edited file is reported (naming the file) instead of being run.
+//! - `CURRENT` is replaced atomically (see [`crate::fsutil`]) and only after the generation it
+//!   names has been verified. It records the SHA-256 of that generation's manifest, so a
+//!   generation directory replaced behind the registry's back is detected too.
+//! - Generation numbers are allocated by the rename: it fails when `gNNNNNN` already exists,
+//!   and the publisher then takes the next number. Two publishers (threads or processes)
+//!   therefore never claim the same number.
+//!
+//! Whether a generation fits the model being built (domain, architecture) is the model module's
+//! decision: this module only exposes the manifest.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::fs;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use serde::{Deserialize, Serialize};
+
+use crate::fsutil;
+
+/// The manifest format this build writes and reads.
+pub const MANIFEST_FORMAT: u32 = 1;
+/// File name of the weights inside a generation directory.
+pub const WEIGHTS_FILE: &str = "weights.safetensors";
+/// File name of the manifest inside a generation directory.
+pub const MANIFEST_FILE: &str = "manifest.json";
+/// File name of the pointer to the generation in use, in the registry root.
+pub const CURRENT_FILE: &str = "CURRENT";
+/// Directory holding the generations, in the registry root.
+pub const GENERATIONS_DIR: &str = "generations";
+/// Prefix of staging directories inside [`GENERATIONS_DIR`]; the rest is `{pid}-{n}-{t}`.
+const STAGING_PREFIX: &str = ".staging-";
+
+/// Makes staging directory names unique within a process.
+static STAGING_COUNTER: AtomicU64 = AtomicU64::new(0);
+
+/// The record of one generation, stored as `manifest.json` next to its weights.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Manifest {
+    /// Always [`MANIFEST_FORMAT`] for manifests this build reads.
+    pub format: u32,
+    /// The task family the model was trained on (checked by the model module).
+    pub domain: String,
+    /// This generation's number; equals the number in its directory name.
+    pub generation: u64,
+    /// The generation it was trained from, if any.
+    pub parent: Option<u64>,
+    /// The model's architecture config; its schema belongs to the model module.
+    pub config: serde_json::Value,
+    /// File name of the weights inside the generation directory (a plain name, no path).
+    pub weights_file: String,
+    /// SHA-256 of the weights file, lowercase hex.
+    pub weights_sha256: String,
+    /// Size of the weights file in bytes.
+    pub weights_bytes: u64,
+    /// Optimiser steps behind this generation.
+    pub training_steps: u64,
+    /// Evaluation metrics at publishing time (finite values only).
+    pub metrics: BTreeMap<String, f64>,
+    /// When it was published, milliseconds since the Unix epoch.
+    pub created_unix_ms: u64,
+    /// Free text for humans.
+    pub note: String,
+}
+
+/// What the caller supplies to [`Registry::publish`]; the registry fills in the rest of the
+/// [`Manifest`] (number, weights hash and size, timestamp).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NewGeneration {
+    pub domain: String,
+    pub parent: Option<u64>,
+    pub config: serde_json::Value,
+    pub training_steps: u64,
+    pub metrics: BTreeMap<String, f64>,
+    pub note: String,
+}
+
+/// A verified generation: its manifest, and the weights file whose hash and size matched it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LoadedGeneration {
+    pub manifest: Manifest,
+    pub weights_path: PathBuf,
+}
+
+/// The content of `CURRENT`. The manifest hash ties the pointer to the exact generation that
+/// was verified when it was promoted.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CurrentPointer {
+    generation: u64,
+    manifest_sha256: String,
+}
+
+/// Everything that can go wrong with a registry. Each message names the file involved and what
+/// did not match, so that it can be acted on without a debugger.
+#[derive(Debug, thiserror::Error)]
+pub enum RegistryError {
+    #[error("I/O error on {}: {source}", .path.display())]
+    Io { path: PathBuf, source: io::Error },
+
+    #[error("manifest {} is not valid: {reason}", .path.display())]
+    ManifestInvalid { path: PathBuf, reason: String },
+
+    #[error(
+        "unsupported manifest format {found} in {}; this build reads format {MANIFEST_FORMAT}",
+        .path.display()
+    )]
+    UnsupportedFormat { path: PathBuf, found: u64 },
+
+    #[error(
+        "manifest {} records generation {recorded}, but its directory is generation {directory}",
+        .path.display()
+    )]
+    GenerationMismatch {
+        path: PathBuf,
+        recorded: u64,
+        directory: u64,
+    },
+
+    #[error(
+        "weights file {} is corrupted: sha256 is {actual} but {MANIFEST_FILE} records {recorded}",
+        .path.display()
+    )]
+    WeightsCorrupted {
+        path: PathBuf,
+        actual: String,
+        recorded: String,
+    },
+
+    #[error(
+        "weights file {} is {}: {actual} bytes, manifest records {recorded}",
+        .path.display(),
+        size_problem(*.actual, *.recorded)
+    )]
+    WeightsSize {
+        path: PathBuf,
+        actual: u64,
+        recorded: u64,
+    },
+
+    #[error(
+        "generation {generation} does not exist in registry {} ({})",
+        .root.display(),
+        describe_generations(.existing)
+    )]
+    NoSuchGeneration {
+        generation: u64,
+        root: PathBuf,
+        existing: Vec<u64>,
+    },
+
+    #[error("CURRENT file {} is corrupted: {reason}", .path.display())]
+    CurrentCorrupted { path: PathBuf, reason: String },
+
+    #[error("writing weights file {} failed: {reason}", .path.display())]
+    WeightsWriter { path: PathBuf, reason: String },
+
+    #[error("cannot publish to registry {}: {reason}", .root.display())]
+    InvalidNewGeneration { root: PathBuf, reason: String },
+}
+
+fn size_problem(actual: u64, recorded: u64) -> &'static str {
+    if actual < recorded {
+        "truncated"
+    } else {
+        "longer than recorded"
+    }
+}
+
+fn describe_generations(existing: &[u64]) -> String {
+    if existing.is_empty() {
+        "it has no generations".to_string()
+    } else {
+        let list: Vec<String> = existing.iter().map(u64::to_string).collect();
+        format!("generations: {}", list.join(", "))
+    }
+}
+
+fn io_err(path: &Path) -> impl FnOnce(io::Error) -> RegistryError + '_ {
+    move |source| RegistryError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// The directory name of a generation: `g` and at least six digits.
+fn generation_dir_name(generation: u64) -> String {
+    format!("g{generation:06}")
+}
+
+/// The generation a directory name denotes, if it is one written by [`generation_dir_name`].
+/// Non-canonical spellings (`g3`, `g0000003`) are not generations, so no number has two
+/// directories.
+fn parse_generation_dir_name(name: &str) -> Option<u64> {
+    let digits = name.strip_prefix('g')?;
+    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let n: u64 = digits.parse().ok()?;
+    (generation_dir_name(n) == name).then_some(n)
+}
+
+fn is_lower_hex_sha256(s: &str) -> bool {
+    s.len() == 64 && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+}
+
+/// Whether a leftover named with process id `pid` may still be in use by that process. Our own
+/// process counts as alive (another `Registry` in this process may be publishing). Liveness is
+/// read from `/proc` on Linux; elsewhere every other process is assumed gone, i.e. there a
+/// registry must not be opened while another process publishes to it. (Likewise across PID
+/// namespaces, e.g. containers sharing the directory.)
+fn process_may_be_alive(pid: u32) -> bool {
+    if pid == std::process::id() {
+        return true;
+    }
+    if cfg!(target_os = "linux") {
+        Path::new("/proc").join(pid.to_string()).exists()
+    } else {
+        false
+    }
+}
+
+/// The process id embedded in a leftover's name after `prefix` (`{pid}-...`), if any.
+fn leftover_pid(name: &str, prefix: &str) -> Option<u32> {
+    name.strip_prefix(prefix)?.split('-').next()?.parse().ok()
+}
+
+fn now_unix_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        .unwrap_or(0)
+}
+
+/// Removes a staging directory when dropped, unless disarmed: a failed or panicking publish
+/// leaves nothing behind.
+struct StagingGuard {
+    path: PathBuf,
+    armed: bool,
+}
+
+impl Drop for StagingGuard {
+    fn drop(&mut self) {
+        if self.armed {
+            let _ = fs::remove_dir_all(&self.path);
+        }
+    }
+}
+
+/// A registry of model generations rooted at one directory. Cheap to clone; holds no open
+/// files or locks, so any number of readers and publishers may share a root.
+#[derive(Debug, Clone)]
+pub struct Registry {
+    root: PathBuf,
+}
+
+impl Registry {
+    /// Opens the registry at `root`, creating `root/generations/` if missing, and removes
+    /// leftovers of crashed writers (staging directories and temporary `CURRENT` files whose
+    /// process is gone). Nothing a reader could see is touched.
+    pub fn open(root: impl Into<PathBuf>) -> Result<Registry, RegistryError> {
+        let root = root.into();
+        let reg = Registry { root };
+        let gens = reg.generations_dir();
+        fs::create_dir_all(&gens).map_err(io_err(&gens))?;
+        fsutil::sync_dir(&reg.root).map_err(io_err(&reg.root))?;
+        reg.remove_leftovers(&gens, STAGING_PREFIX, true)?;
+        let current_tmp = fsutil::tmp_prefix(CURRENT_FILE);
+        reg.remove_leftovers(&reg.root, &current_tmp, false)?;
+        Ok(reg)
+    }
+
+    /// Removes entries of `dir` named `{prefix}{pid}-...` whose process is gone (or whose name
+    /// carries no process id, which no writer of ours produces).
+    fn remove_leftovers(&self, dir: &Path, prefix: &str, dirs: bool) -> Result<(), RegistryError> {
+        let entries = fs::read_dir(dir).map_err(io_err(dir))?;
+        for entry in entries {
+            let entry = entry.map_err(io_err(dir))?;
+            let name = entry.file_name();
+            let Some(name) = name.to_str() else { continue };
+            if !name.starts_with(prefix) {
+                continue;
+            }
+            if leftover_pid(name, prefix).is_some_and(process_may_be_alive) {
+                continue;
+            }
+            let path = entry.path();
+            let removed = if dirs {
+                fs::remove_dir_all(&path)
+            } else {
+                fs::remove_file(&path)
+            };
+            match removed {
+                Ok(()) => {
+                    tracing::info!(path = %path.display(), "removed leftover of a crashed writer")
+                }
+                // Someone else cleaned it first.
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => return Err(io_err(&path)(e)),
+            }
+        }
+        Ok(())
+    }
+
+    /// The registry's root directory.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    fn generations_dir(&self) -> PathBuf {
+        self.root.join(GENERATIONS_DIR)
+    }
+
+    /// The directory of a generation (whether or not it exists).
+    pub fn generation_dir(&self, generation: u64) -> PathBuf {
+        self.generations_dir().join(generation_dir_name(generation))
+    }
+
+    fn current_path(&self) -> PathBuf {
+        self.root.join(CURRENT_FILE)
+    }
+
+    /// The numbers of all published generations, ascending. Reads directory names only.
+    pub fn generation_numbers(&self) -> Result<Vec<u64>, RegistryError> {
+        let gens = self.generations_dir();
+        let mut numbers = Vec::new();
+        for entry in fs::read_dir(&gens).map_err(io_err(&gens))? {
+            let entry = entry.map_err(io_err(&gens))?;
+            // Staging directories start with '.', so they never parse as generations.
+            if let Some(n) = entry
+                .file_name()
+                .to_str()
+                .and_then(parse_generation_dir_name)
+            {
+                numbers.push(n);
+            }
+        }
+        numbers.sort_unstable();
+        Ok(numbers)
+    }
+
+    fn no_such_generation(&self, generation: u64) -> RegistryError {
+        RegistryError::NoSuchGeneration {
+            generation,
+            root: self.root.clone(),
+            existing: self.generation_numbers().unwrap_or_default(),
+        }
+    }
+
+    /// Reads and validates a generation's manifest (format, generation number, field shapes),
+    /// returning it with its raw bytes. Does not look at the weights.
+    fn read_manifest(&self, generation: u64) -> Result<(Manifest, Vec<u8>), RegistryError> {
+        let dir = self.generation_dir(generation);
+        if !dir.is_dir() {
+            return Err(self.no_such_generation(generation));
+        }
+        let path = dir.join(MANIFEST_FILE);
+        let bytes = fs::read(&path).map_err(io_err(&path))?;
+        let manifest = parse_manifest(&path, &bytes, generation)?;
+        Ok((manifest, bytes))
+    }
+
+    /// All generations' manifests, sorted by generation. Manifests are validated but weights are
+    /// not hashed (use [`Registry::load`] for that); staging directories are skipped. A
+    /// manifest that does not parse is an error naming it.
+    pub fn list(&self) -> Result<Vec<Manifest>, RegistryError> {
+        self.generation_numbers()?
+            .into_iter()
+            .map(|g| self.read_manifest(g).map(|(m, _)| m))
+            .collect()
+    }
+
+    /// Loads a generation after verifying it: the manifest must parse, have this build's format
+    /// and its own generation number, and the weights file must have exactly the recorded size
+    /// and SHA-256. Any mismatch is refused with an error naming the file.
+    pub fn load(&self, generation: u64) -> Result<LoadedGeneration, RegistryError> {
+        self.load_verified(generation).map(|(loaded, _)| loaded)
+    }
+
+    /// [`Registry::load`], also returning the manifest's bytes as read (for `CURRENT`).
+    fn load_verified(&self, generation: u64) -> Result<(LoadedGeneration, Vec<u8>), RegistryError> {
+        let (manifest, manifest_bytes) = self.read_manifest(generation)?;
+        let weights_path = self.generation_dir(generation).join(&manifest.weights_file);
+
+        // Size first: cheap, and a truncated file deserves that name rather than "corrupted".
+        let len = fs::metadata(&weights_path)
+            .map_err(io_err(&weights_path))?
+            .len();
+        if len != manifest.weights_bytes {
+            return Err(RegistryError::WeightsSize {
+                path: weights_path,
+                actual: len,
+                recorded: manifest.weights_bytes,
+            });
+        }
+        let (sha, hashed) = fsutil::sha256_file(&weights_path).map_err(io_err(&weights_path))?;
+        if hashed != manifest.weights_bytes {
+            return Err(RegistryError::WeightsSize {
+                path: weights_path,
+                actual: hashed,
+                recorded: manifest.weights_bytes,
+            });
+        }
+        if sha != manifest.weights_sha256 {
+            return Err(RegistryError::WeightsCorrupted {
+                path: weights_path,
+                actual: sha,
+                recorded: manifest.weights_sha256,
+            });
+        }
+        Ok((
+            LoadedGeneration {
+                manifest,
+                weights_path,
+            },
+            manifest_bytes,
+        ))
+    }
+
+    /// Loads (and verifies) the generation `CURRENT` points to; `None` if nothing was promoted.
+    pub fn load_current(&self) -> Result<Option<LoadedGeneration>, RegistryError> {
+        match self.current()? {
+            Some(g) => self.load(g).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    /// The generation in use: `None` if `CURRENT` does not exist yet. `CURRENT` must parse, name
+    /// an existing generation, and record that generation's manifest hash; anything else is a
+    /// [`RegistryError::CurrentCorrupted`] naming the file. The weights are not hashed here.
+    pub fn current(&self) -> Result<Option<u64>, RegistryError> {
+        let path = self.current_path();
+        let bytes = match fs::read(&path) {
+            Ok(b) => b,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(io_err(&path)(e)),
+        };
+        let corrupted = |reason: String| RegistryError::CurrentCorrupted {
+            path: path.clone(),
+            reason,
+        };
+        let pointer: CurrentPointer = serde_json::from_slice(&bytes).map_err(|e| {
+            corrupted(format!(
+                "{e} (expected {{\"generation\": N, \"manifest_sha256\": \"<hex>\"}})"
+            ))
+        })?;
+        let manifest_path = self.generation_dir(pointer.generation).join(MANIFEST_FILE);
+        if !self.generation_dir(pointer.generation).is_dir() {
+            let existing = self.generation_numbers()?;
+            return Err(corrupted(format!(
+                "it names generation {}, which does not exist ({})",
+                pointer.generation,
+                describe_generations(&existing)
+            )));
+        }
+        let manifest_bytes = fs::read(&manifest_path).map_err(io_err(&manifest_path))?;
+        let actual = fsutil::sha256_bytes(&manifest_bytes);
+        if actual != pointer.manifest_sha256 {
+            return Err(corrupted(format!(
+                "it records manifest sha256 {} for generation {}, but {} has sha256 {actual}",
+                pointer.manifest_sha256,
+                pointer.generation,
+                manifest_path.display()
+            )));
+        }
+        Ok(Some(pointer.generation))
+    }
+
+    /// Makes `generation` the one in use: verifies it fully (as [`Registry::load`]), then
+    /// replaces `CURRENT` atomically, so a crash leaves the old pointer or the new one.
+    pub fn promote(&self, generation: u64) -> Result<(), RegistryError> {
+        let (_, manifest_bytes) = self.load_verified(generation)?;
+        let pointer = CurrentPointer {
+            generation,
+            manifest_sha256: fsutil::sha256_bytes(&manifest_bytes),
+        };
+        let mut json = serde_json::to_vec_pretty(&pointer).expect("CurrentPointer serializes");
+        json.push(b'\n');
+        let path = self.current_path();
+        fsutil::write_atomic(&path, &json).map_err(io_err(&path))?;
+        tracing::info!(generation, registry = %self.root.display(), "promoted generation");
+        Ok(())
+    }
+
+    /// Publishes a new generation and returns its manifest.
+    ///
+    /// `write_weights` is given a path inside a fresh staging directory and must write the
+    /// complete weights file there (it need not sync it). The registry then syncs and hashes the
+    /// file, writes the manifest, and renames the staging directory to `generations/gNNNNNN`,
+    /// numbered one past the highest existing generation (the next free one if another
+    /// publisher got there first). A crash at any point leaves either no new generation or a
+    /// complete one; on any error, including `write_weights` failing, the staging directory is
+    /// removed and nothing appears.
+    ///
+    /// `new.parent`, if set, must be an existing generation; metrics must be finite (JSON has
+    /// no NaN or infinity).
+    pub fn publish<E, F>(
+        &self,
+        new: NewGeneration,
+        write_weights: F,
+    ) -> Result<Manifest, RegistryError>
+    where
+        E: fmt::Display,
+        F: FnOnce(&Path) -> Result<(), E>,
+    {
+        let invalid = |reason: String| RegistryError::InvalidNewGeneration {
+            root: self.root.clone(),
+            reason,
+        };
+        if let Some((name, value)) = new.metrics.iter().find(|(_, v)| !v.is_finite()) {
+            return Err(invalid(format!(
+                "metric {name:?} is {value}, which JSON cannot record"
+            )));
+        }
+        if let Some(parent) = new.parent {
+            if !self.generation_dir(parent).is_dir() {
+                let existing = self.generation_numbers()?;
+                return Err(invalid(format!(
+                    "parent generation {parent} does not exist ({})",
+                    describe_generations(&existing)
+                )));
+            }
+        }
+
+        let staging = self.create_staging_dir()?;
+        let mut guard = StagingGuard {
+            path: staging.clone(),
+            armed: true,
+        };
+
+        let weights_path = staging.join(WEIGHTS_FILE);
+        write_weights(&weights_path).map_err(|e| RegistryError::WeightsWriter {
+            path: weights_path.clone(),
+            reason: e.to_string(),
+        })?;
+        match fs::metadata(&weights_path) {
+            Ok(m) if m.is_file() => {}
+            Ok(_) => {
+                return Err(RegistryError::WeightsWriter {
+                    path: weights_path,
+                    reason: "the writer produced something other than a regular file".into(),
+                })
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                return Err(RegistryError::WeightsWriter {
+                    path: weights_path,
+                    reason: "the writer reported success but created no file".into(),
+                })
+            }
+            Err(e) => return Err(io_err(&weights_path)(e)),
+        }
+        fsutil::sync_file(&weights_path).map_err(io_err(&weights_path))?;
+        let (weights_sha256, weights_bytes) =
+            fsutil::sha256_file(&weights_path).map_err(io_err(&weights_path))?;
+
+        let mut manifest = Manifest {
+            format: MANIFEST_FORMAT,
+            domain: new.domain,
+            generation: 0,
+            parent: new.parent,
+            config: new.config,
+            weights_file: WEIGHTS_FILE.to_string(),
+            weights_sha256,
+            weights_bytes,
+            training_steps: new.training_steps,
+            metrics: new.metrics,
+            created_unix_ms: now_unix_ms(),
+            note: new.note,
+        };
+
+        let gens = self.generations_dir();
+        let manifest_path = staging.join(MANIFEST_FILE);
+        let mut candidate = self.generation_numbers()?.last().map_or(0, |g| g + 1);
+        // Each failed attempt means another publisher took the number, so this terminates in
+        // practice; the bound only guards against a file system that misbehaves.
+        for _ in 0..10_000 {
+            manifest.generation = candidate;
+            let mut json = serde_json::to_vec_pretty(&manifest).expect("Manifest serializes");
+            json.push(b'\n');
+            // Atomic even inside staging: on a retry the manifest is rewritten in place.
+            fsutil::write_atomic(&manifest_path, &json).map_err(io_err(&manifest_path))?;
+
+            let target = self.generation_dir(candidate);
+            match fs::rename(&staging, &target) {
+                Ok(()) => {
+                    guard.armed = false;
+                    fsutil::sync_dir(&gens).map_err(io_err(&gens))?;
+                    tracing::info!(
+                        generation = candidate,
+                        registry = %self.root.display(),
+                        bytes = manifest.weights_bytes,
+                        "published generation"
+                    );
+                    return Ok(manifest);
+                }
+                // Renaming a directory onto an existing (non-empty) one fails: someone else
+                // published this number between our scan and our rename. Take the next one.
+                Err(_) if target.exists() => {
+                    let highest = self
+                        .generation_numbers()?
+                        .last()
+                        .copied()
+                        .unwrap_or(candidate);
+                    candidate = highest.max(candidate) + 1;
+                }
+                Err(e) => return Err(io_err(&target)(e)),
+            }
+        }
+        Err(invalid(format!(
+            "could not allocate a generation number (last tried {candidate})"
+        )))
+    }
+
+    /// Creates a fresh, uniquely named staging directory in `generations/`.
+    fn create_staging_dir(&self) -> Result<PathBuf, RegistryError> {
+        let gens = self.generations_dir();
+        loop {
+            let nanos = SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map(|d| d.subsec_nanos())
+                .unwrap_or(0);
+            let path = gens.join(format!(
+                "{STAGING_PREFIX}{}-{}-{nanos}",
+                std::process::id(),
+                STAGING_COUNTER.fetch_add(1, Ordering::Relaxed)
+            ));
+            // `create_dir`, not `create_dir_all`: it fails if the name is taken, so no two
+            // publishers ever share a staging directory.
+            match fs::create_dir(&path) {
+                Ok(()) => return Ok(path),
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
+                Err(e) => return Err(io_err(&path)(e)),
+            }
+        }
+    }
+}
+
+/// Parses and validates a manifest read from `path` in the directory of `directory_generation`.
+/// The format number is checked before the other fields, so that a manifest from a newer build
+/// is reported as such rather than as an unknown field.
+fn parse_manifest(
+    path: &Path,
+    bytes: &[u8],
+    directory_generation: u64,
+) -> Result<Manifest, RegistryError> {
+    let invalid = |reason: String| RegistryError::ManifestInvalid {
+        path: path.to_path_buf(),
+        reason,
+    };
+    let value: serde_json::Value =
+        serde_json::from_slice(bytes).map_err(|e| invalid(e.to_string()))?;
+    let format = value
+        .get("format")
+        .ok_or_else(|| invalid("missing field `format`".into()))?
+        .as_u64()
+        .ok_or_else(|| invalid("field `format` is not a non-negative integer".into()))?;
+    if format != u64::from(MANIFEST_FORMAT) {
+        return Err(RegistryError::UnsupportedFormat {
+            path: path.to_path_buf(),
+            found: format,
+        });
+    }
+    let manifest: Manifest = serde_json::from_value(value).map_err(|e| invalid(e.to_string()))?;
+    if manifest.generation != directory_generation {
+        return Err(RegistryError::GenerationMismatch {
+            path: path.to_path_buf(),
+            recorded: manifest.generation,
+            directory: directory_generation,
+        });
+    }
+    let wf = &manifest.weights_file;
+    if wf.is_empty()
+        || wf == "."
+        || wf == ".."
+        || wf.contains(['/', '\\'])
+        || Path::new(wf).is_absolute()
+    {
+        return Err(invalid(format!(
+            "weights_file {wf:?} must be a plain file name inside the generation directory"
+        )));
+    }
+    if !is_lower_hex_sha256(&manifest.weights_sha256) {
+        return Err(invalid(format!(
+            "weights_sha256 {:?} is not 64 lowercase hex digits",
+            manifest.weights_sha256
+        )));
+    }
+    Ok(manifest)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    static DIR_COUNTER: AtomicU64 = AtomicU64::new(0);
+
+    /// A fresh directory under the system temp dir, removed on drop.
+    struct TestDir(PathBuf);
+
+    impl TestDir {
+        fn new(name: &str) -> Self {
+            let dir = std::env::temp_dir().join(format!(
+                "hch-registry-{}-{}-{name}",
+                std::process::id(),
+                DIR_COUNTER.fetch_add(1, Ordering::Relaxed)
+            ));
+            let _ = fs::remove_dir_all(&dir);
+            fs::create_dir_all(&dir).unwrap();
+            TestDir(dir)
+        }
+    }
+
+    impl Drop for TestDir {
+        fn drop(&mut self) {
+            let _ = fs::remove_dir_all(&self.0);
+        }
+    }
+
+    fn new_gen(parent: Option<u64>, steps: u64) -> NewGeneration {
+        NewGeneration {
+            domain: "permutation".into(),
+            parent,
+            config: json!({"d_model": 64, "layers": 2}),
+            training_steps: steps,
+            metrics: BTreeMap::from([("accuracy".to_string(), 0.5)]),
+            note: format!("after {steps} steps"),
+        }
+    }
+
+    fn publish_bytes(reg: &Registry, parent: Option<u64>, bytes: &[u8]) -> Manifest {
+        reg.publish(new_gen(parent, 100), |p| fs::write(p, bytes))
+            .unwrap()
+    }
+
+    fn names_in(dir: &Path) -> Vec<String> {
+        let mut v: Vec<String> = fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        v.sort();
+        v
+    }
+
+    #[test]
+    fn publish_list_promote_current_load() {
+        let dir = TestDir::new("roundtrip");
+        let reg = Registry::open(dir.0.join("reg")).unwrap();
+        assert!(reg.list().unwrap().is_empty());
+        assert_eq!(reg.current().unwrap(), None);
+        assert!(reg.load_current().unwrap().is_none());
+
+        let m0 = publish_bytes(&reg, None, b"weights of generation zero");
+        let m1 = publish_bytes(&reg, Some(0), b"weights of generation one, longer");
+        assert_eq!((m0.generation, m1.generation), (0, 1));
+        assert_eq!(m0.format, MANIFEST_FORMAT);
+        assert_eq!(m0.weights_file, WEIGHTS_FILE);
+        assert_eq!(m0.weights_bytes, 26);
+        assert_eq!(
+            m0.weights_sha256,
+            fsutil::sha256_bytes(b"weights of generation zero")
+        );
+        assert_eq!(m0.config, json!({"d_model": 64, "layers": 2}));
+        assert_eq!(m1.parent, Some(0));
+
+        let listed = reg.list().unwrap();
+        assert_eq!(listed, vec![m0.clone(), m1.clone()]);
+        assert_eq!(reg.generation_numbers().unwrap(), vec![0, 1]);
+
+        reg.promote(1).unwrap();
+        assert_eq!(reg.current().unwrap(), Some(1));
+        let loaded = reg.load_current().unwrap().unwrap();
+        assert_eq!(loaded.manifest, m1);
+        assert_eq!(
+            fs::read(&loaded.weights_path).unwrap(),
+            b"weights of generation one, longer"
+        );
+        assert_eq!(
+            loaded.weights_path,
+            reg.generation_dir(1).join(WEIGHTS_FILE)
+        );
+
+        reg.promote(0).unwrap();
+        assert_eq!(reg.current().unwrap(), Some(0));
+        assert_eq!(reg.load(0).unwrap().manifest, m0);
+
+        // Reopening sees the same state, and nothing but the expected files exist.
+        let reg = Registry::open(dir.0.join("reg")).unwrap();
+        assert_eq!(reg.current().unwrap(), Some(0));
+        assert_eq!(names_in(reg.root()), vec![CURRENT_FILE, GENERATIONS_DIR]);
+        assert_eq!(names_in(&reg.generations_dir()), vec!["g000000", "g000001"]);
+        assert_eq!(
+            names_in(&reg.generation_dir(1)),
+            vec![MANIFEST_FILE, WEIGHTS_FILE]
+        );
+    }
+
+    #[test]
+    fn numbers_increase_and_parent_is_recorded() {
+        let dir = TestDir::new("numbers");
+        let reg = Registry::open(&dir.0).unwrap();
+        let mut parent = None;
+        for expected in 0..4u64 {
+            let m = publish_bytes(&reg, parent, &[expected as u8; 8]);
+            assert_eq!(m.generation, expected);
+            assert_eq!(m.parent, parent);
+            parent = Some(m.generation);
+        }
+        // Numbers continue from the highest one, also in a fresh handle.
+        let reg2 = Registry::open(&dir.0).unwrap();
+        assert_eq!(publish_bytes(&reg2, Some(1), b"x").generation, 4);
+        assert_eq!(reg2.load(4).unwrap().manifest.parent, Some(1));
+    }
+
+    #[test]
+    fn concurrent_publishers_get_distinct_numbers() {
+        let dir = TestDir::new("concurrent");
+        let reg = Registry::open(&dir.0).unwrap();
+        let handles: Vec<_> = (0..4u8)
+            .map(|t| {
+                let reg = reg.clone();
+                std::thread::spawn(move || {
+                    (0..3u8)
+                        .map(|i| publish_bytes(&reg, None, &[t, i]).generation)
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        let mut all: Vec<u64> = handles
+            .into_iter()
+            .flat_map(|h| h.join().unwrap())
+            .collect();
+        all.sort_unstable();
+        assert_eq!(all, (0..12).collect::<Vec<_>>());
+        for g in 0..12 {
+            reg.load(g).unwrap();
+        }
+    }
+
+    #[test]
+    fn flipped_byte_is_refused_as_corrupted() {
+        let dir = TestDir::new("flip");
+        let reg = Registry::open(&dir.0).unwrap();
+        publish_bytes(&reg, None, b"0123456789abcdef");
+        let weights = reg.generation_dir(0).join(WEIGHTS_FILE);
+        let mut bytes = fs::read(&weights).unwrap();
+        bytes[5] ^= 0x01;
+        fs::write(&weights, &bytes).unwrap();
+
+        let err = reg.load(0).unwrap_err();
+        assert!(
+            matches!(err, RegistryError::WeightsCorrupted { .. }),
+            "{err:?}"
+        );
+        let msg = err.to_string();
+        assert!(msg.contains("corrupted"), "{msg}");
+        assert!(msg.contains(&weights.display().to_string()), "{msg}");
+        assert!(
+            msg.contains(&fsutil::sha256_bytes(b"0123456789abcdef")),
+            "{msg}"
+        );
+        // A corrupted generation cannot be promoted either.
+        assert!(matches!(
+            reg.promote(0).unwrap_err(),
+            RegistryError::WeightsCorrupted { .. }
+        ));
+        assert_eq!(reg.current().unwrap(), None);
+    }
+
+    #[test]
+    fn truncated_weights_are_refused() {
+        let dir = TestDir::new("truncate");
+        let reg = Registry::open(&dir.0).unwrap();
+        publish_bytes(&reg, None, &[7u8; 4096]);
+        reg.promote(0).unwrap();
+        let weights = reg.generation_dir(0).join(WEIGHTS_FILE);
+        fs::write(&weights, [7u8; 1200]).unwrap();
+
+        let err = reg.load_current().unwrap_err();
+        let msg = err.to_string();
+        assert!(msg.contains("truncated"), "{msg}");
+        assert!(msg.contains("1200 bytes, manifest records 4096"), "{msg}");
+        assert!(msg.contains(&weights.display().to_string()), "{msg}");
+
+        fs::write(&weights, [7u8; 5000]).unwrap();
+        let msg = reg.load(0).unwrap_err().to_string();
+        assert!(msg.contains("longer than recorded"), "{msg}");
+    }
+
+    #[test]
+    fn missing_weights_file_is_an_io_error_naming_it() {
+        let dir = TestDir::new("missing-weights");
+        let reg = Registry::open(&dir.0).unwrap();
+        publish_bytes(&reg, None, b"w");
+        let weights = reg.generation_dir(0).join(WEIGHTS_FILE);
+        fs::remove_file(&weights).unwrap();
+        let err = reg.load(0).unwrap_err();
+        assert!(matches!(err, RegistryError::Io { .. }), "{err:?}");
+        assert!(err.to_string().contains(&weights.display().to_string()));
+    }
+
+    #[test]
+    fn invalid_manifest_json_is_an_error_naming_manifest() {
+        let dir = TestDir::new("bad-json");
+        let reg = Registry::open(&dir.0).unwrap();
+        publish_bytes(&reg, None, b"w0");
+        publish_bytes(&reg, Some(0), b"w1");
+        let manifest = reg.generation_dir(1).join(MANIFEST_FILE);
+        fs::write(&manifest, b"{\"format\": 1, \"domain\": ").unwrap();
+
+        for err in [reg.load(1).unwrap_err(), reg.list().unwrap_err()] {
+            assert!(
+                matches!(err, RegistryError::ManifestInvalid { .. }),
+                "{err:?}"
+            );
+            let msg = err.to_string();
+            assert!(msg.contains("manifest.json"), "{msg}");
+            assert!(msg.contains(&manifest.display().to_string()), "{msg}");
+            assert!(msg.contains("is not valid"), "{msg}");
+        }
+        // The other generation is unaffected.
+        reg.load(0).unwrap();
+    }
+
+    #[test]
+    fn manifest_with_wrong_generation_is_refused() {
+        let dir = TestDir::new("wrong-gen");
+        let reg = Registry::open(&dir.0).unwrap();
+        publish_bytes(&reg, None, b"w0");
+        let path = reg.generation_dir(0).join(MANIFEST_FILE);
+        let mut m: serde_json::Value = serde_json::from_slice(&fs::read(&path).unwrap()).unwrap();
+        m["generation"] = json!(5);
+        fs::write(&path, serde_json::to_vec(&m).unwrap()).unwrap();
+
+        let err = reg.load(0).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                RegistryError::GenerationMismatch {
+                    recorded: 5,
+                    directory: 0,
+                    ..
+                }
+            ),
+            "{err:?}"
+        );
+        assert!(err.to_string().contains(&path.display().to_string()));
+        assert!(reg.list().is_err());
+    }
+
+    #[test]
+    fn unknown_format_and_unknown_fields_are_refused() {
+        let dir = TestDir::new("format");
+        let reg = Registry::open(&dir.0).unwrap();
+        publish_bytes(&reg, None, b"w0");
+        let path = reg.generation_dir(0).join(MANIFEST_FILE);
+        let original: serde_json::Value =
+            serde_json::from_slice(&fs::read(&path).unwrap()).unwrap();
+
+        // A newer format with fields this build does not know: reported as a format problem.
+        let mut m = original.clone();
+        m["format"] = json!(9);
+        m["quantization"] = json!("int8");
+        fs::write(&path, serde_json::to_vec(&m).unwrap()).unwrap();
+        let msg = reg.load(0).unwrap_err().to_string();
+        assert!(
+            msg.contains("unsupported manifest format 9") && msg.contains("reads format 1"),
+            "{msg}"
+        );
+
+        let mut m = original.clone();
+        m["surprise"] = json!(true);
+        fs::write(&path, serde_json::to_vec(&m).unwrap()).unwrap();
+        let msg = reg.load(0).unwrap_err().to_string();
+        assert!(msg.contains("surprise"), "{msg}");
+
+        let mut m = original;
+        m["weights_file"] = json!("../../elsewhere");
+        fs::write(&path, serde_json::to_vec(&m).unwrap()).unwrap();
+        let msg = reg.load(0).unwrap_err().to_string();
+        assert!(msg.contains("plain file name"), "{msg}");
+    }
+
+    #[test]
+    fn leftover_staging_dir_is_ignored_by_readers_and_removed_by_open() {
+        let dir = TestDir::new("staging");
+        let reg = Registry::open(&dir.0).unwrap();
+        publish_bytes(&reg, None, b"w0");
+
+        // A publisher that crashed mid-publish: u32::MAX is above any Linux pid_max.
+        let dead = reg
+            .generations_dir()
+            .join(format!("{STAGING_PREFIX}{}-0-0", u32::MAX));
+        fs::create_dir(&dead).unwrap();
+        fs::write(dead.join(WEIGHTS_FILE), b"half-written").unwrap();
+        // A staging directory of this (live) process: must survive `open`.
+        let live = reg
+            .generations_dir()
+            .join(format!("{STAGING_PREFIX}{}-999999-0", std::process::id()));
+        fs::create_dir(&live).unwrap();
+        // A crashed CURRENT writer's temporary file.
+        let tmp_current = dir.0.join(format!(
+            "{}{}-3",
+            fsutil::tmp_prefix(CURRENT_FILE),
+            u32::MAX
+        ));
+        fs::write(&tmp_current, b"{").unwrap();
+
+        assert_eq!(reg.generation_numbers().unwrap(), vec![0]);
+        assert_eq!(reg.list().unwrap().len(), 1);
+        assert_eq!(reg.current().unwrap(), None);
+        // The next publish is unaffected.
+        assert_eq!(publish_bytes(&reg, Some(0), b"w1").generation, 1);
+
+        let reg = Registry::open(&dir.0).unwrap();
+        assert!(!dead.exists());
+        assert!(!tmp_current.exists());
+        assert!(live.exists());
+        assert_eq!(reg.generation_numbers().unwrap(), vec![0, 1]);
+        fs::remove_dir(&live).unwrap();
+    }
+
+    #[test]
+    fn corrupted_current_is_a_clear_error() {
+        let dir = TestDir::new("current");
+        let reg = Registry::open(&dir.0).unwrap();
+        publish_bytes(&reg, None, b"w0");
+        let current = dir.0.join(CURRENT_FILE);
+
+        fs::write(&current, b"not json at all").unwrap();
+        let err = reg.current().unwrap_err();
+        assert!(
+            matches!(err, RegistryError::CurrentCorrupted { .. }),
+            "{err:?}"
+        );
+        let msg = err.to_string();
+        assert!(msg.starts_with("CURRENT file "), "{msg}");
+        assert!(msg.contains(&current.display().to_string()), "{msg}");
+        assert!(msg.contains("is corrupted"), "{msg}");
+        assert!(reg.load_current().is_err());
+
+        fs::write(&current, b"").unwrap();
+        assert!(matches!(
+            reg.current().unwrap_err(),
+            RegistryError::CurrentCorrupted { .. }
+        ));
+
+        // Points at a generation that does not exist.
+        let sha = "0".repeat(64);
+        fs::write(
+            &current,
+            format!("{{\"generation\": 3, \"manifest_sha256\": \"{sha}\"}}"),
+        )
+        .unwrap();
+        let msg = reg.current().unwrap_err().to_string();
+        assert!(
+            msg.contains("generation 3") && msg.contains("generations: 0"),
+            "{msg}"
+        );
+
+        // Points at generation 0 but with another manifest's hash.
+        fs::write(
+            &current,
+            format!("{{\"generation\": 0, \"manifest_sha256\": \"{sha}\"}}"),
+        )
+        .unwrap();
+        let msg = reg.current().unwrap_err().to_string();
+        assert!(msg.contains("manifest sha256"), "{msg}");
+
+        // Promoting repairs it.
+        reg.promote(0).unwrap();
+        assert_eq!(reg.current().unwrap(), Some(0));
+    }
+
+    #[test]
+    fn promote_of_missing_generation_lists_existing_ones() {
+        let dir = TestDir::new("promote-missing");
+        let reg = Registry::open(&dir.0).unwrap();
+        let msg = reg.promote(0).unwrap_err().to_string();
+        assert!(msg.contains("it has no generations"), "{msg}");
+        for i in 0..3u8 {
+            publish_bytes(&reg, None, &[i]);
+        }
+        let err = reg.promote(7).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            format!(
+                "generation 7 does not exist in registry {} (generations: 0, 1, 2)",
+                dir.0.display()
+            )
+        );
+        assert!(matches!(
+            reg.load(7).unwrap_err(),
+            RegistryError::NoSuchGeneration { generation: 7, .. }
+        ));
+        assert_eq!(reg.current().unwrap(), None);
+    }
+
+    #[test]
+    fn failing_weights_writer_leaves_no_generation() {
+        let dir = TestDir::new("writer-fails");
+        let reg = Registry::open(&dir.0).unwrap();
+        publish_bytes(&reg, None, b"w0");
+
+        let err = reg
+            .publish(new_gen(Some(0), 5), |p| {
+                fs::write(p, b"partial")?;
+                Err::<(), _>(io::Error::other("out of GPU memory while saving"))
+            })
+            .unwrap_err();
+        assert!(
+            matches!(err, RegistryError::WeightsWriter { .. }),
+            "{err:?}"
+        );
+        assert!(err.to_string().contains("out of GPU memory while saving"));
+
+        // A writer that reports success without writing anything.
+        let err = reg
+            .publish(new_gen(None, 5), |_| Ok::<(), String>(()))
+            .unwrap_err();
+        assert!(err.to_string().contains("created no file"), "{err}");
+
+        // A writer that panics.
+        let reg2 = reg.clone();
+        let panicked = std::thread::spawn(move || {
+            let _ = reg2.publish(new_gen(None, 5), |p| -> Result<(), String> {
+                fs::write(p, b"partial").unwrap();
+                panic!("writer panicked");
+            });
+        })
+        .join();
+        assert!(panicked.is_err());
+
+        assert_eq!(reg.generation_numbers().unwrap(), vec![0]);
+        assert_eq!(names_in(&reg.generations_dir()), vec!["g000000"]);
+        // The number was not consumed.
+        assert_eq!(publish_bytes(&reg, Some(0), b"w1").generation, 1);
+    }
+
+    #[test]
+    fn invalid_new_generations_are_rejected_before_writing() {
+        let dir = TestDir::new("invalid-new");
+        let reg = Registry::open(&dir.0).unwrap();
+        let mut g = new_gen(None, 1);
+        g.metrics.insert("loss".into(), f64::NAN);
+        let called = std::cell::Cell::new(false);
+        let err = reg
+            .publish(g, |p| {
+                called.set(true);
+                fs::write(p, b"w")
+            })
+            .unwrap_err();
+        assert!(err.to_string().contains("\"loss\""), "{err}");
+        assert!(!called.get());
+
+        let err = reg
+            .publish(new_gen(Some(4), 1), |p| fs::write(p, b"w"))
+            .unwrap_err();
+        assert!(err.to_string().contains("parent generation 4"), "{err}");
+        assert!(names_in(&reg.generations_dir()).is_empty());
+    }
+
+    #[test]
+    fn generation_dir_names_are_canonical() {
+        assert_eq!(generation_dir_name(3), "g000003");
+        assert_eq!(generation_dir_name(1_234_567), "g1234567");
+        assert_eq!(parse_generation_dir_name("g000003"), Some(3));
+        assert_eq!(parse_generation_dir_name("g1234567"), Some(1_234_567));
+        assert_eq!(parse_generation_dir_name("g3"), None);
+        assert_eq!(parse_generation_dir_name("g0000003"), None);
+        assert_eq!(parse_generation_dir_name("g+00003"), None);
+        assert_eq!(parse_generation_dir_name(".staging-1-2-3"), None);
+        assert_eq!(parse_generation_dir_name("g"), None);
+    }
+}
