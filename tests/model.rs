@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use hch::answerer::{Answerer, Query};
-use hch::domain::{Domain, Instance};
+use hch::domain::Instance;
 use hch::model::answerer::ModelAnswerer;
 use hch::model::config::{ModelConfig, Preset};
 use hch::model::train::{evaluate, supervised_examples, ReplayBuffer, TrainConfig, Trainer};
@@ -48,19 +48,35 @@ fn tiny_model_learns_a_small_domain_supervised() {
         trainer.train(&replay, 100);
         let acc = evaluate(trainer.model(), &held_out, 512);
         after = acc.fraction();
-        eprintln!("round {round}: held-out accuracy {after:.3} {:?}", acc.by_difficulty);
+        eprintln!(
+            "round {round}: held-out accuracy {after:.3} {:?}",
+            acc.by_difficulty
+        );
         if after >= 0.95 {
             break;
         }
     }
-    assert!(before < 0.5, "an untrained model should not already know: {before}");
-    assert!(after >= 0.95, "held-out accuracy {after} after {} steps", trainer.steps());
+    assert!(
+        before < 0.5,
+        "an untrained model should not already know: {before}"
+    );
+    assert!(
+        after >= 0.95,
+        "held-out accuracy {after} after {} steps",
+        trainer.steps()
+    );
 }
 
 fn small_trained_model() -> Model<hch::domain::wildcard::Wildcard> {
     use hch::domain::wildcard::Wildcard;
     let domain = Wildcard;
-    let model = Model::new(domain, ModelConfig::preset(&domain, Preset::Tiny), Device::Cpu, 7).unwrap();
+    let model = Model::new(
+        domain,
+        ModelConfig::preset(&domain, Preset::Tiny),
+        Device::Cpu,
+        7,
+    )
+    .unwrap();
     let mut trainer = Trainer::new(model, TrainConfig::default()).unwrap();
     let mut replay = ReplayBuffer::new(1000);
     replay.extend(supervised_examples(&domain, 6, 0, 20, 8).unwrap());
@@ -74,7 +90,10 @@ fn save_then_load_gives_bit_identical_outputs() {
     let model = small_trained_model();
     let domain = *model.domain();
     let examples = supervised_examples(&domain, 6, 500, 10, 8).unwrap();
-    let queries: Vec<_> = examples.iter().map(|e| (&e.instance, &e.question)).collect();
+    let queries: Vec<_> = examples
+        .iter()
+        .map(|e| (&e.instance, &e.question))
+        .collect();
     let path = dir.join("weights.safetensors");
     model.save(&path).unwrap();
     let loaded = Model::load(domain, model.config().clone(), Device::Cpu, &path).unwrap();
@@ -99,25 +118,39 @@ fn weights_that_do_not_fit_the_configuration_are_refused() {
 
     let mut wider = model.config().clone();
     wider.d_model = 128;
-    let err = Model::load(domain, wider, Device::Cpu, &path).err().unwrap();
+    let err = Model::load(domain, wider, Device::Cpu, &path)
+        .err()
+        .unwrap();
     assert!(matches!(err, ModelError::Weights { .. }), "{err}");
     let shown = err.to_string();
-    assert!(shown.contains("weights.safetensors") && shown.contains("shape"), "{shown}");
+    assert!(
+        shown.contains("weights.safetensors") && shown.contains("shape"),
+        "{shown}"
+    );
 
     let mut deeper = model.config().clone();
     deeper.question_layers += 1;
-    let err = Model::load(domain, deeper, Device::Cpu, &path).err().unwrap();
+    let err = Model::load(domain, deeper, Device::Cpu, &path)
+        .err()
+        .unwrap();
     assert!(err.to_string().contains("tensors"), "{err}");
 
     // A configuration for another domain is refused before any file is read.
     let other = hch::domain::permutation::Permutation;
-    let err = Model::load(other, model.config().clone(), Device::Cpu, &path).err().unwrap();
+    let err = Model::load(other, model.config().clone(), Device::Cpu, &path)
+        .err()
+        .unwrap();
     let shown = err.to_string();
-    assert!(shown.contains("for domain \"wildcard\", not permutation"), "{shown}");
+    assert!(
+        shown.contains("for domain \"wildcard\", not permutation"),
+        "{shown}"
+    );
 
     // A file that is not safetensors at all.
     std::fs::write(&path, b"not a safetensors file").unwrap();
-    let err = Model::load(domain, model.config().clone(), Device::Cpu, &path).err().unwrap();
+    let err = Model::load(domain, model.config().clone(), Device::Cpu, &path)
+        .err()
+        .unwrap();
     assert!(matches!(err, ModelError::Torch(_)), "{err}");
     std::fs::remove_dir_all(dir).unwrap();
 }
@@ -129,7 +162,10 @@ async fn model_answerer_answers_batches() {
     let model = small_trained_model();
     let domain = *model.domain();
     let examples = supervised_examples(&domain, 6, 900, 4, 5).unwrap();
-    let queries: Vec<_> = examples.iter().map(|e| (&e.instance, &e.question)).collect();
+    let queries: Vec<_> = examples
+        .iter()
+        .map(|e| (&e.instance, &e.question))
+        .collect();
     let direct = model.predict(&queries);
     let answerer = ModelAnswerer::new(model, 42, "model test");
     let batch: Vec<Query<_>> = examples
@@ -143,4 +179,121 @@ async fn model_answerer_answers_batches() {
     assert_eq!(answers, direct);
     assert_eq!(answerer.id().key, 42);
     let _: Arc<Instance<_>> = examples[0].instance.clone();
+}
+
+mod generations {
+    use super::*;
+    use hch::model::generation::{self, GenerationError};
+    use hch::registry::{Registry, MANIFEST_FILE, WEIGHTS_FILE};
+    use std::collections::BTreeMap;
+
+    fn published() -> (
+        PathBuf,
+        Registry,
+        Model<hch::domain::wildcard::Wildcard>,
+        u64,
+    ) {
+        let dir = scratch(&format!("registry-{:?}", std::thread::current().id()));
+        let registry = Registry::open(&dir).unwrap();
+        let model = small_trained_model();
+        let metrics = BTreeMap::from([("held_out_accuracy".to_string(), 0.5)]);
+        let m = generation::publish(&registry, &model, None, 5, metrics, "test").unwrap();
+        registry.promote(m.generation).unwrap();
+        (dir, registry, model, m.generation)
+    }
+
+    #[test]
+    fn a_published_generation_loads_verified_and_identical() {
+        let (dir, registry, model, g) = published();
+        let domain = *model.domain();
+        let loaded = generation::load(&registry, None, domain, Device::Cpu).unwrap();
+        assert_eq!(loaded.manifest.generation, g);
+        assert_eq!(loaded.manifest.training_steps, 5);
+        assert_eq!(loaded.model.config(), model.config());
+        let examples = supervised_examples(&domain, 6, 77, 5, 8).unwrap();
+        let queries: Vec<_> = examples
+            .iter()
+            .map(|e| (&e.instance, &e.question))
+            .collect();
+        let (a, b) = tch::no_grad(|| {
+            (
+                model.logits(&model.encode(&queries)),
+                loaded.model.logits(&loaded.model.encode(&queries)),
+            )
+        });
+        assert!(a.equal(&b));
+        let id = loaded.answerer_id();
+        assert_ne!(id.key, 0);
+        assert_eq!(&*id.label, "model g0");
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn corrupted_and_truncated_weights_are_refused() {
+        let (dir, registry, model, g) = published();
+        let domain = *model.domain();
+        let weights = registry.generation_dir(g).join(WEIGHTS_FILE);
+        let mut bytes = std::fs::read(&weights).unwrap();
+        let last = bytes.len() - 1;
+        bytes[last] ^= 0x40;
+        std::fs::write(&weights, &bytes).unwrap();
+        let err = generation::load(&registry, Some(g), domain, Device::Cpu)
+            .err()
+            .unwrap();
+        let shown = err.to_string();
+        assert!(
+            shown.contains("corrupted") && shown.contains(WEIGHTS_FILE),
+            "{shown}"
+        );
+
+        bytes.truncate(bytes.len() / 2);
+        std::fs::write(&weights, &bytes).unwrap();
+        let err = generation::load(&registry, Some(g), domain, Device::Cpu)
+            .err()
+            .unwrap();
+        let shown = err.to_string();
+        assert!(
+            shown.contains("truncated") && shown.contains(WEIGHTS_FILE),
+            "{shown}"
+        );
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn a_generation_for_another_domain_or_architecture_is_refused() {
+        let (dir, registry, _model, g) = published();
+        let err = generation::load(
+            &registry,
+            Some(g),
+            hch::domain::permutation::Permutation,
+            Device::Cpu,
+        )
+        .err()
+        .unwrap();
+        assert!(matches!(err, GenerationError::Mismatch { .. }), "{err}");
+        let shown = err.to_string();
+        assert!(
+            shown.contains(MANIFEST_FILE) && shown.contains("\"wildcard\""),
+            "{shown}"
+        );
+
+        // A manifest whose config disagrees with the domain (the vocabulary changed): refused,
+        // naming the field. The manifest is edited by hand, so CURRENT no longer verifies either.
+        let manifest_path = registry.generation_dir(g).join(MANIFEST_FILE);
+        let text = std::fs::read_to_string(&manifest_path).unwrap();
+        let edited = text.replace("\"answer_classes\": 129", "\"answer_classes\": 130");
+        assert_ne!(text, edited, "the manifest should record answer_classes");
+        std::fs::write(&manifest_path, edited).unwrap();
+        let err = generation::load(
+            &registry,
+            Some(g),
+            hch::domain::wildcard::Wildcard,
+            Device::Cpu,
+        )
+        .err()
+        .unwrap();
+        let shown = err.to_string();
+        assert!(shown.contains("answer_classes is 130"), "{shown}");
+        std::fs::remove_dir_all(dir).unwrap();
+    }
 }

@@ -53,7 +53,11 @@ impl<D: Domain + Clone> Answerer<D> for ModelAnswerer<D> {
             })
             .await
             .map(Ok)
-            .unwrap_or_else(|e| Err(AnswerError::Internal(format!("model inference failed: {e}"))))
+            .unwrap_or_else(|e| {
+                Err(AnswerError::Internal(format!(
+                    "model inference failed: {e}"
+                )))
+            })
         })
     }
 }

@@ -53,7 +53,9 @@ impl std::str::FromStr for Preset {
             "tiny" => Ok(Preset::Tiny),
             "medium" => Ok(Preset::Medium),
             "paper" => Ok(Preset::Paper),
-            _ => Err(format!("unknown model size {s:?}: the sizes are tiny, medium, paper")),
+            _ => Err(format!(
+                "unknown model size {s:?}: the sizes are tiny, medium, paper"
+            )),
         }
     }
 }
@@ -93,8 +95,16 @@ impl ModelConfig {
         let expect = [
             ("vocab_size", self.vocab_size, domain.vocab_size() as i64),
             ("fact_width", self.fact_width, D::FACT_WIDTH as i64),
-            ("question_width", self.question_width, D::QUESTION_WIDTH as i64),
-            ("answer_classes", self.answer_classes, domain.answer_classes() as i64),
+            (
+                "question_width",
+                self.question_width,
+                D::QUESTION_WIDTH as i64,
+            ),
+            (
+                "answer_classes",
+                self.answer_classes,
+                domain.answer_classes() as i64,
+            ),
         ];
         for (name, got, want) in expect {
             if got != want {
@@ -102,7 +112,10 @@ impl ModelConfig {
             }
         }
         if !(1..=MAX_WIDTH).contains(&self.d_model) {
-            problems.push(format!("d_model {} is not in 1..={MAX_WIDTH}", self.d_model));
+            problems.push(format!(
+                "d_model {} is not in 1..={MAX_WIDTH}",
+                self.d_model
+            ));
         }
         if self.heads < 1 || self.d_model % self.heads.max(1) != 0 {
             problems.push(format!(
@@ -122,7 +135,10 @@ impl ModelConfig {
             problems.push(format!("ff_mult {} is not in 1..=16", self.ff_mult));
         }
         if !(0.0..=1.0).contains(&self.unknown_below) {
-            problems.push(format!("unknown_below {} is not in 0..=1", self.unknown_below));
+            problems.push(format!(
+                "unknown_below {} is not in 0..=1",
+                self.unknown_below
+            ));
         }
         if problems.is_empty() {
             Ok(())

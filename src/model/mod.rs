@@ -9,11 +9,13 @@
 //! - [`answerer`]: [`ModelAnswerer`](answerer::ModelAnswerer), the model behind the
 //!   [`Answerer`](crate::answerer::Answerer) interface (one forward pass per batch).
 //! - [`train`]: imitation learning on (instance, question, target) examples.
+//! - [`generation`]: publishing models to, and loading verified models from, the registry.
 //!
 //! CPU is the default; CUDA is used when libtorch has it and a GPU is present ([`pick_device`]).
 
 pub mod answerer;
 pub mod config;
+pub mod generation;
 pub mod net;
 pub mod train;
 
@@ -64,7 +66,12 @@ pub struct Model<D: Domain> {
 
 impl<D: Domain> Model<D> {
     /// A model with freshly initialised weights, determined by `seed`.
-    pub fn new(domain: D, config: ModelConfig, device: Device, seed: u64) -> Result<Self, ModelError> {
+    pub fn new(
+        domain: D,
+        config: ModelConfig,
+        device: Device,
+        seed: u64,
+    ) -> Result<Self, ModelError> {
         config.check_for(&domain).map_err(ModelError::Config)?;
         tch::manual_seed(seed as i64);
         let vs = nn::VarStore::new(device);
@@ -79,7 +86,12 @@ impl<D: Domain> Model<D> {
 
     /// A model with the weights of a safetensors file (which must match the configuration: every
     /// tensor present, with the right shape).
-    pub fn load(domain: D, config: ModelConfig, device: Device, weights: &Path) -> Result<Self, ModelError> {
+    pub fn load(
+        domain: D,
+        config: ModelConfig,
+        device: Device,
+        weights: &Path,
+    ) -> Result<Self, ModelError> {
         let mut model = Self::new(domain, config, device, 0)?;
         let path = weights.display().to_string();
         let named = Tensor::read_safetensors(weights)?;
@@ -143,7 +155,11 @@ impl<D: Domain> Model<D> {
 
     /// Number of trainable parameters.
     pub fn parameters(&self) -> i64 {
-        self.vs.trainable_variables().iter().map(|t| t.numel() as i64).sum()
+        self.vs
+            .trainable_variables()
+            .iter()
+            .map(|t| t.numel() as i64)
+            .sum()
     }
 
     /// Encodes queries into one batch, each distinct instance's facts once.
@@ -165,7 +181,12 @@ impl<D: Domain> Model<D> {
             .iter()
             .map(|(_, inst)| self.domain.encode_facts(inst.facts()))
             .collect();
-        let max_facts = encoded.iter().map(|e| e.len() / w).max().unwrap_or(0).max(1);
+        let max_facts = encoded
+            .iter()
+            .map(|e| e.len() / w)
+            .max()
+            .unwrap_or(0)
+            .max(1);
         let mut facts = vec![0i64; instances.len() * max_facts * w];
         let mut pad = vec![true; instances.len() * (max_facts + 1)];
         for (i, e) in encoded.iter().enumerate() {

@@ -142,7 +142,12 @@ impl Net {
             fact_slot: p.var("fact_slot", &[c.fact_width, d], init),
             question_slot: p.var("question_slot", &[c.question_width, d], init),
             fact_in: nn::linear(p / "fact_in", c.fact_width * d, d, Default::default()),
-            question_in: nn::linear(p / "question_in", c.question_width * d, d, Default::default()),
+            question_in: nn::linear(
+                p / "question_in",
+                c.question_width * d,
+                d,
+                Default::default(),
+            ),
             sink: p.var("sink", &[1, 1, d], init),
             fact_layers: (0..c.fact_layers)
                 .map(|i| Block::new(p / "facts" / i, c))

@@ -110,7 +110,9 @@ pub struct Trainer<D: Domain> {
 
 impl<D: Domain> Trainer<D> {
     pub fn new(model: Model<D>, config: TrainConfig) -> Result<Self, ModelError> {
-        if config.batch_size == 0 || !(config.learning_rate > 0.0) || !(config.grad_clip > 0.0) {
+        let positive = |x: f64| x.is_finite() && x > 0.0;
+        if config.batch_size == 0 || !positive(config.learning_rate) || !positive(config.grad_clip)
+        {
             return Err(ModelError::Config(format!(
                 "batch size, learning rate and gradient clip must be positive: {config:?}"
             )));
@@ -201,7 +203,11 @@ impl Accuracy {
 }
 
 /// How often the model's answer equals each example's target, in batches of `batch_size`.
-pub fn evaluate<D: Domain>(model: &Model<D>, examples: &[Example<D>], batch_size: usize) -> Accuracy {
+pub fn evaluate<D: Domain>(
+    model: &Model<D>,
+    examples: &[Example<D>],
+    batch_size: usize,
+) -> Accuracy {
     let mut acc = Accuracy::default();
     for chunk in examples.chunks(batch_size.max(1)) {
         let queries: Vec<_> = chunk.iter().map(|e| (&e.instance, &e.question)).collect();
@@ -219,7 +225,10 @@ pub fn loss<D: Domain>(model: &Model<D>, examples: &[Example<D>]) -> f64 {
         return f64::NAN;
     }
     tch::no_grad(|| {
-        let queries: Vec<_> = examples.iter().map(|e| (&e.instance, &e.question)).collect();
+        let queries: Vec<_> = examples
+            .iter()
+            .map(|e| (&e.instance, &e.question))
+            .collect();
         let targets: Vec<i64> = examples
             .iter()
             .map(|e| model.domain().answer_class(&e.target) as i64)
