@@ -29,4 +29,6 @@ pub mod fsutil;
 pub mod model;
 pub mod registry;
 pub mod rng;
+pub mod rpc;
 pub mod text;
+pub mod worker;

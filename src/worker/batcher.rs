@@ -1,0 +1,204 @@
+//! Dynamic batching: calls from many coordinators and trees are queued and answered together, up
+//! to a maximum batch size, waiting at most a maximum time for a batch to fill.
+//!
+//! The queue is bounded; when it is full, a call is refused at once with RESOURCE_EXHAUSTED rather
+//! than queued without limit (the coordinator retries on another worker). Calls whose caller has
+//! gone away (the RPC was cancelled) are dropped from a batch before it is computed. The answerer
+//! is read afresh for every batch, so a newly loaded generation takes over between batches while
+//! batches in flight finish on the one they started with.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use tokio::sync::{mpsc, oneshot};
+use tokio::time::Instant;
+
+use crate::answerer::{AnswerError, Answerer, Query};
+use crate::domain::Domain;
+use crate::rpc::ServiceError;
+
+/// Batching limits.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BatchConfig {
+    /// Most questions in one forward pass (a single larger call is still answered whole).
+    pub max_batch: usize,
+    /// Longest a batch waits to fill once its first call arrived.
+    pub max_wait: Duration,
+    /// Calls that may wait in the queue.
+    pub queue_capacity: usize,
+}
+
+impl Default for BatchConfig {
+    fn default() -> Self {
+        Self {
+            max_batch: 512,
+            max_wait: Duration::from_millis(2),
+            queue_capacity: 1024,
+        }
+    }
+}
+
+/// What a call gets back.
+pub struct Answered<A> {
+    pub answers: Vec<Option<A>>,
+    pub queue: Duration,
+    pub compute: Duration,
+}
+
+struct Job<D: Domain> {
+    queries: Vec<Query<D>>,
+    reply: oneshot::Sender<Result<Answered<D::Answer>, AnswerError>>,
+    enqueued: Instant,
+}
+
+/// Counters, for status and tests.
+#[derive(Default, Debug)]
+pub struct BatchStats {
+    pub batches: AtomicU64,
+    pub questions: AtomicU64,
+    /// Calls dropped because their caller had gone away before their batch ran.
+    pub cancelled_calls: AtomicU64,
+    pub refused_calls: AtomicU64,
+    pub queue_us_total: AtomicU64,
+    pub compute_us_total: AtomicU64,
+}
+
+/// The answerer currently served; swapped whole when a new generation loads.
+pub type SharedAnswerer<D> = Arc<RwLock<Arc<dyn Answerer<D>>>>;
+
+pub struct Batcher<D: Domain> {
+    tx: mpsc::Sender<Job<D>>,
+    pub stats: Arc<BatchStats>,
+    config: BatchConfig,
+}
+
+impl<D: Domain> Batcher<D> {
+    /// Starts the batching task on the current tokio runtime. It ends when the batcher is dropped.
+    pub fn start(answerer: SharedAnswerer<D>, config: BatchConfig) -> Self {
+        let (tx, rx) = mpsc::channel(config.queue_capacity.max(1));
+        let stats = Arc::new(BatchStats::default());
+        tokio::spawn(run(rx, answerer, config, stats.clone()));
+        Self { tx, stats, config }
+    }
+
+    pub fn config(&self) -> BatchConfig {
+        self.config
+    }
+
+    /// Queues `queries` and waits for their answers.
+    pub async fn submit(
+        &self,
+        queries: Vec<Query<D>>,
+    ) -> Result<Answered<D::Answer>, ServiceError> {
+        let (reply, answer) = oneshot::channel();
+        let job = Job {
+            queries,
+            reply,
+            enqueued: Instant::now(),
+        };
+        self.tx.try_send(job).map_err(|e| match e {
+            mpsc::error::TrySendError::Full(_) => {
+                self.stats.refused_calls.fetch_add(1, Ordering::Relaxed);
+                ServiceError::ResourceExhausted(format!(
+                    "worker queue is full ({} calls waiting): retry on another worker or later",
+                    self.config.queue_capacity
+                ))
+            }
+            mpsc::error::TrySendError::Closed(_) => {
+                ServiceError::Unavailable("worker is shutting down".to_string())
+            }
+        })?;
+        answer
+            .await
+            .map_err(|_| ServiceError::Unavailable("worker is shutting down".to_string()))?
+            .map_err(ServiceError::from)
+    }
+}
+
+async fn run<D: Domain>(
+    mut rx: mpsc::Receiver<Job<D>>,
+    answerer: SharedAnswerer<D>,
+    config: BatchConfig,
+    stats: Arc<BatchStats>,
+) {
+    while let Some(first) = rx.recv().await {
+        let mut size = first.queries.len();
+        let mut jobs = vec![first];
+        let fill_until = Instant::now() + config.max_wait;
+        while size < config.max_batch {
+            let next = match rx.try_recv() {
+                Ok(job) => Some(job),
+                Err(mpsc::error::TryRecvError::Empty) if !config.max_wait.is_zero() => {
+                    match tokio::time::timeout_at(fill_until, rx.recv()).await {
+                        Ok(job) => job,
+                        Err(_) => None,
+                    }
+                }
+                Err(_) => None,
+            };
+            match next {
+                Some(job) => {
+                    size += job.queries.len();
+                    jobs.push(job);
+                }
+                None => break,
+            }
+        }
+        let before = jobs.len();
+        jobs.retain(|j| !j.reply.is_closed());
+        stats
+            .cancelled_calls
+            .fetch_add((before - jobs.len()) as u64, Ordering::Relaxed);
+        if jobs.is_empty() {
+            continue;
+        }
+        let current = answerer.read().unwrap_or_else(|p| p.into_inner()).clone();
+        let queries: Vec<Query<D>> = jobs
+            .iter()
+            .flat_map(|j| j.queries.iter().cloned())
+            .collect();
+        let started = Instant::now();
+        let result = current.answer(&queries).await;
+        let compute = started.elapsed();
+        stats.batches.fetch_add(1, Ordering::Relaxed);
+        stats
+            .questions
+            .fetch_add(queries.len() as u64, Ordering::Relaxed);
+        stats
+            .compute_us_total
+            .fetch_add(compute.as_micros() as u64, Ordering::Relaxed);
+        match result {
+            Ok(answers) if answers.len() == queries.len() => {
+                let mut answers = answers.into_iter();
+                for job in jobs {
+                    let queue = started - job.enqueued;
+                    stats
+                        .queue_us_total
+                        .fetch_add(queue.as_micros() as u64, Ordering::Relaxed);
+                    let mine: Vec<_> = answers.by_ref().take(job.queries.len()).collect();
+                    let _ = job.reply.send(Ok(Answered {
+                        answers: mine,
+                        queue,
+                        compute,
+                    }));
+                }
+            }
+            Ok(answers) => {
+                let e = AnswerError::Internal(format!(
+                    "answerer returned {} answers for {} questions",
+                    answers.len(),
+                    queries.len()
+                ));
+                for job in jobs {
+                    let _ = job.reply.send(Err(e.clone()));
+                }
+            }
+            Err(e) => {
+                for job in jobs {
+                    let _ = job.reply.send(Err(e.clone()));
+                }
+            }
+        }
+    }
+}
