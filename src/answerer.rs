@@ -49,9 +49,10 @@ impl AnswererId {
     pub const ORACLE_KEY: u64 = u64::MAX;
 
     pub fn oracle() -> Self {
+        static LABEL: std::sync::OnceLock<Arc<str>> = std::sync::OnceLock::new();
         Self {
             key: Self::ORACLE_KEY,
-            label: Arc::from("oracle"),
+            label: LABEL.get_or_init(|| Arc::from("oracle")).clone(),
         }
     }
 }

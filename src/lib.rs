@@ -23,6 +23,7 @@
 
 pub mod answerer;
 pub mod cli;
+pub mod coordinator;
 pub mod domain;
 pub mod eval;
 pub mod fsutil;
@@ -30,5 +31,6 @@ pub mod model;
 pub mod registry;
 pub mod rng;
 pub mod rpc;
+pub mod server;
 pub mod text;
 pub mod worker;

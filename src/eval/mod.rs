@@ -28,6 +28,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::future::{join_all, BoxFuture};
+use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 use crate::answerer::{Answerer, AnswererId, Query};
@@ -166,6 +167,24 @@ pub struct TreeStats {
     pub answerer_queries: u64,
 }
 
+/// A node of a tree as it happens (see [`Evaluator::evaluate_observed`]).
+#[derive(Clone, Debug)]
+pub enum NodeEvent<D: Domain> {
+    Opened {
+        id: NodeId,
+        parent: Option<NodeId>,
+        depth: u32,
+        question: D::Question,
+    },
+    Answered {
+        id: NodeId,
+        answer: Option<D::Answer>,
+        by: AnsweredBy,
+        exhausted: Option<Exhausted>,
+        elapsed: Duration,
+    },
+}
+
 /// The outcome of one tree.
 #[derive(Debug)]
 pub struct TreeResult<D: Domain> {
@@ -183,8 +202,6 @@ pub struct TreeResult<D: Domain> {
 pub struct Evaluator<D: Domain> {
     domain: Arc<D>,
     answerer: Option<Arc<dyn Answerer<D>>>,
-    /// The answerer's identity, read once (it keys the memo and labels traces).
-    answerer_id: Option<AnswererId>,
     options: EvalOptions,
     next_tree: AtomicU64,
 }
@@ -193,7 +210,6 @@ impl<D: Domain> Evaluator<D> {
     pub fn new(domain: D, answerer: Option<Arc<dyn Answerer<D>>>, options: EvalOptions) -> Self {
         Self {
             domain: Arc::new(domain),
-            answerer_id: answerer.as_ref().map(|a| a.id()),
             answerer,
             options,
             next_tree: AtomicU64::new(1),
@@ -244,11 +260,27 @@ impl<D: Domain> Evaluator<D> {
         mode: Mode,
         budget: Budget,
     ) -> Result<TreeResult<D>, EvalError> {
+        self.evaluate_observed(instance, question, mode, budget, None)
+            .await
+    }
+
+    /// [`Evaluator::evaluate`], also sending an event as each node opens and is answered (for
+    /// clients that watch a tree grow).
+    pub async fn evaluate_observed(
+        &self,
+        instance: &Arc<Instance<D>>,
+        question: D::Question,
+        mode: Mode,
+        budget: Budget,
+        events: Option<mpsc::UnboundedSender<NodeEvent<D>>>,
+    ) -> Result<TreeResult<D>, EvalError> {
         self.check(mode, &budget)?;
         self.domain
             .check_question(instance.facts(), &question)
             .map_err(EvalError::InvalidQuestion)?;
 
+        // Read per tree: a remote pool's identity changes when its workers load a new generation.
+        let answerer_id: Option<AnswererId> = self.answerer.as_ref().map(|a| a.id());
         let tree = self.next_tree.fetch_add(1, Ordering::Relaxed);
         let started = Instant::now();
         let leaf_depth = mode.leaf_depth();
@@ -266,13 +298,13 @@ impl<D: Domain> Evaluator<D> {
             } else {
                 self.answerer.clone()
             },
-            answerer_key: match (&self.answerer_id, mode) {
+            answerer_key: match (&answerer_id, mode) {
                 (_, Mode::Exact) | (None, _) => 0,
                 (Some(id), _) => id.key,
             },
             answerer_label: match mode {
                 Mode::Exact => None,
-                _ => self.answerer_id.as_ref().map(|id| id.label.clone()),
+                _ => answerer_id.as_ref().map(|id| id.label.clone()),
             },
             tree,
             leaf_depth: leaf_depth.unwrap_or(u32::MAX),
@@ -282,6 +314,8 @@ impl<D: Domain> Evaluator<D> {
             deadline: budget.deadline.map(|d| started + d),
             memo: self.options.memo,
             recorder: self.options.trace.then(Recorder::new),
+            events,
+            next_node: AtomicU32::new(0),
             trace_epoch: quanta::Instant::now(),
             nodes: AtomicU64::new(0),
             memo_hits: AtomicU64::new(0),
@@ -399,6 +433,8 @@ struct TreeCtx<D: Domain> {
     deadline: Option<Instant>,
     memo: bool,
     recorder: Option<Recorder<D>>,
+    events: Option<mpsc::UnboundedSender<NodeEvent<D>>>,
+    next_node: AtomicU32,
     /// Zero of the trace's timestamps.
     trace_epoch: quanta::Instant,
     nodes: AtomicU64,
@@ -420,23 +456,45 @@ impl<D: Domain> TreeCtx<D> {
         parent: Option<NodeId>,
     ) -> BoxFuture<'_, Option<D::Answer>> {
         Box::pin(async move {
-            let id = self.recorder.as_ref().map_or(0, |r| r.open());
-            // Trace timing reads the TSC through `quanta` (a few ns, against ~30 for the system
-            // clock, twice per node); only the deadline needs tokio's clock, which tests can pause.
-            let start = self.recorder.is_some().then(quanta::Instant::now);
-            let (answer, by, exhausted) = self.node(&question, depth, id).await;
-            if let (Some(r), Some(start)) = (&self.recorder, start) {
-                r.close(TraceNode {
+            let id = self.next_node.fetch_add(1, Ordering::Relaxed);
+            if let Some(events) = &self.events {
+                let _ = events.send(NodeEvent::Opened {
                     id,
                     parent,
                     depth,
-                    question,
-                    answer: answer.clone(),
-                    by,
-                    exhausted,
-                    start: start.saturating_duration_since(self.trace_epoch),
-                    end: self.trace_epoch.elapsed(),
+                    question: question.clone(),
                 });
+            }
+            // Trace timing reads the TSC through `quanta` (a few ns, against ~30 for the system
+            // clock, twice per node); only the deadline needs tokio's clock, which tests can pause.
+            let observed = self.recorder.is_some() || self.events.is_some();
+            let start = observed.then(quanta::Instant::now);
+            let (answer, by, exhausted) = self.node(&question, depth, id).await;
+            if let Some(start) = start {
+                let end = self.trace_epoch.elapsed();
+                let begin = start.saturating_duration_since(self.trace_epoch);
+                if let Some(events) = &self.events {
+                    let _ = events.send(NodeEvent::Answered {
+                        id,
+                        answer: answer.clone(),
+                        by,
+                        exhausted,
+                        elapsed: end.saturating_sub(begin),
+                    });
+                }
+                if let Some(r) = &self.recorder {
+                    r.close(TraceNode {
+                        id,
+                        parent,
+                        depth,
+                        question,
+                        answer: answer.clone(),
+                        by,
+                        exhausted,
+                        start: begin,
+                        end,
+                    });
+                }
             }
             answer
         })

@@ -6,7 +6,6 @@
 //! it finishes. A subtree abandoned when the deadline cut the tree short leaves no nodes.
 
 use std::fmt::Write as _;
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -156,20 +155,14 @@ impl<D: Domain> Trace<D> {
 
 /// Collects nodes while a tree runs.
 pub(crate) struct Recorder<D: Domain> {
-    next: AtomicU32,
     nodes: Mutex<Vec<TraceNode<D>>>,
 }
 
 impl<D: Domain> Recorder<D> {
     pub fn new() -> Self {
         Self {
-            next: AtomicU32::new(0),
             nodes: Mutex::new(Vec::with_capacity(64)),
         }
-    }
-
-    pub fn open(&self) -> NodeId {
-        self.next.fetch_add(1, Ordering::Relaxed)
     }
 
     pub fn close(&self, node: TraceNode<D>) {

@@ -1,0 +1,322 @@
+//! The coordinator's view of its workers: where they are (a static list, or a DNS name such as a
+//! Kubernetes headless Service, re-resolved periodically), what they serve, whether they are up,
+//! and how busy they are. Requests are balanced per call, not per connection: each batch goes to
+//! the least-busy worker that serves its domain, whatever connections exist.
+
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, RwLock, Weak};
+use std::time::Duration;
+
+use dashmap::DashSet;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::time::Instant;
+use tonic::transport::{Channel, Endpoint};
+
+use crate::answerer::AnswererId;
+use crate::domain::{DomainKind, InstanceId};
+use crate::rpc::{limits, pb};
+
+/// Where workers are found.
+#[derive(Clone, Debug)]
+pub enum WorkerSource {
+    /// Fixed `host:port` addresses.
+    Static(Vec<String>),
+    /// A `host:port` whose host resolves to one address per worker (a headless Service).
+    Dns(String),
+}
+
+#[derive(Clone, Debug)]
+pub struct PoolConfig {
+    pub source: WorkerSource,
+    /// How often worker info is refreshed and the DNS name re-resolved.
+    pub refresh_every: Duration,
+    /// How long a worker that failed is avoided.
+    pub down_for: Duration,
+    /// Calls in flight per worker; further batches wait (and grow) until one finishes.
+    pub max_in_flight_per_worker: usize,
+    /// Instance ids remembered per worker as "already has the facts".
+    pub known_facts_per_worker: usize,
+}
+
+impl Default for PoolConfig {
+    fn default() -> Self {
+        Self {
+            source: WorkerSource::Static(Vec::new()),
+            refresh_every: Duration::from_secs(2),
+            down_for: Duration::from_secs(1),
+            max_in_flight_per_worker: 4,
+            known_facts_per_worker: 65_536,
+        }
+    }
+}
+
+/// One worker, as the coordinator sees it.
+pub struct WorkerHandle {
+    pub address: String,
+    client: pb::worker_client::WorkerClient<Channel>,
+    slots: Arc<Semaphore>,
+    pub items_sent: AtomicU64,
+    pub failures: AtomicU64,
+    down_until: Mutex<Option<Instant>>,
+    info: RwLock<Option<pb::ModelInfoResponse>>,
+    known: DashSet<InstanceId>,
+    known_cap: usize,
+    max_in_flight: usize,
+}
+
+impl WorkerHandle {
+    fn new(address: String, config: &PoolConfig) -> Option<Self> {
+        let endpoint = Endpoint::from_shared(format!("http://{address}"))
+            .ok()?
+            .connect_timeout(Duration::from_secs(1))
+            .tcp_nodelay(true)
+            .http2_keep_alive_interval(Duration::from_secs(10))
+            .keep_alive_while_idle(true);
+        let client = pb::worker_client::WorkerClient::new(endpoint.connect_lazy())
+            .max_decoding_message_size(limits::MAX_MESSAGE_BYTES)
+            .max_encoding_message_size(limits::MAX_MESSAGE_BYTES);
+        Some(Self {
+            address,
+            client,
+            slots: Arc::new(Semaphore::new(config.max_in_flight_per_worker.max(1))),
+            items_sent: AtomicU64::new(0),
+            failures: AtomicU64::new(0),
+            down_until: Mutex::new(Some(Instant::now())),
+            info: RwLock::new(None),
+            known: DashSet::new(),
+            known_cap: config.known_facts_per_worker,
+            max_in_flight: config.max_in_flight_per_worker.max(1),
+        })
+    }
+
+    pub fn client(&self) -> pb::worker_client::WorkerClient<Channel> {
+        self.client.clone()
+    }
+
+    pub fn in_flight(&self) -> usize {
+        self.max_in_flight - self.slots.available_permits()
+    }
+
+    pub fn info(&self) -> Option<pb::ModelInfoResponse> {
+        self.info.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    pub fn is_up(&self) -> bool {
+        let down = self.down_until.lock().unwrap_or_else(|p| p.into_inner());
+        match *down {
+            None => true,
+            Some(until) => Instant::now() >= until && self.info().is_some(),
+        }
+    }
+
+    pub fn serves(&self, domain: DomainKind) -> bool {
+        self.info()
+            .is_some_and(|i| i.domains.iter().any(|d| d == domain.name()))
+    }
+
+    /// Avoid this worker for `period` (it failed or refused).
+    pub fn mark_down(&self, period: Duration) {
+        *self.down_until.lock().unwrap_or_else(|p| p.into_inner()) = Some(Instant::now() + period);
+        self.failures.fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn mark_up(&self, info: pb::ModelInfoResponse) {
+        *self.info.write().unwrap_or_else(|p| p.into_inner()) = Some(info);
+        *self.down_until.lock().unwrap_or_else(|p| p.into_inner()) = None;
+    }
+
+    pub fn knows(&self, id: &InstanceId) -> bool {
+        self.known.contains(id)
+    }
+
+    pub fn remember(&self, id: InstanceId) {
+        if self.known.len() >= self.known_cap {
+            // Forgetting costs only a resend of some facts.
+            self.known.clear();
+        }
+        self.known.insert(id);
+    }
+
+    pub fn forget(&self, id: &InstanceId) {
+        self.known.remove(id);
+    }
+
+    pub async fn slot(&self) -> OwnedSemaphorePermit {
+        self.slots
+            .clone()
+            .acquire_owned()
+            .await
+            .expect("worker slots are never closed")
+    }
+
+    async fn refresh(&self) {
+        let mut client = self.client();
+        let mut request = tonic::Request::new(pb::ModelInfoRequest {});
+        request.set_timeout(Duration::from_secs(1));
+        match client.model_info(request).await {
+            Ok(info) => self.mark_up(info.into_inner()),
+            Err(status) => {
+                tracing::debug!(worker = %self.address, %status, "worker is not answering");
+                *self.down_until.lock().unwrap_or_else(|p| p.into_inner()) = Some(Instant::now());
+                *self.info.write().unwrap_or_else(|p| p.into_inner()) = None;
+            }
+        }
+    }
+}
+
+/// The set of workers.
+pub struct Pool {
+    workers: RwLock<Vec<Arc<WorkerHandle>>>,
+    config: PoolConfig,
+    next: AtomicUsize,
+}
+
+impl Pool {
+    /// Resolves the workers, asks each what it serves, and keeps refreshing in the background
+    /// (until the pool is dropped). Needs a tokio runtime.
+    pub async fn start(config: PoolConfig) -> Arc<Pool> {
+        let pool = Arc::new(Pool {
+            workers: RwLock::new(Vec::new()),
+            config,
+            next: AtomicUsize::new(0),
+        });
+        pool.refresh().await;
+        let weak = Arc::downgrade(&pool);
+        tokio::spawn(refresh_loop(weak, pool.config.refresh_every));
+        pool
+    }
+
+    pub fn config(&self) -> &PoolConfig {
+        &self.config
+    }
+
+    pub fn workers(&self) -> Vec<Arc<WorkerHandle>> {
+        self.workers
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    async fn resolve(&self) -> Vec<String> {
+        match &self.config.source {
+            WorkerSource::Static(list) => list.clone(),
+            WorkerSource::Dns(name) => match tokio::net::lookup_host(name.as_str()).await {
+                Ok(addrs) => {
+                    let mut v: Vec<String> = addrs.map(|a| a.to_string()).collect();
+                    v.sort();
+                    v.dedup();
+                    v
+                }
+                Err(e) => {
+                    tracing::warn!(name = %name, error = %e, "cannot resolve workers");
+                    return self.workers().iter().map(|w| w.address.clone()).collect();
+                }
+            },
+        }
+    }
+
+    /// Re-resolves the worker list and refreshes every worker's info.
+    pub async fn refresh(&self) {
+        let addresses = self.resolve().await;
+        let wanted: HashSet<&String> = addresses.iter().collect();
+        let current = self.workers();
+        let mut next: Vec<Arc<WorkerHandle>> = current
+            .iter()
+            .filter(|w| wanted.contains(&w.address))
+            .cloned()
+            .collect();
+        for address in &addresses {
+            if !next.iter().any(|w| &w.address == address) {
+                match WorkerHandle::new(address.clone(), &self.config) {
+                    Some(handle) => next.push(Arc::new(handle)),
+                    None => tracing::warn!(%address, "invalid worker address"),
+                }
+            }
+        }
+        futures::future::join_all(
+            next.iter()
+                .filter(|w| w.info().is_none() || !w.is_up())
+                .map(|w| w.refresh()),
+        )
+        .await;
+        *self.workers.write().unwrap_or_else(|p| p.into_inner()) = next;
+    }
+
+    /// The least busy worker that is up, serves `domain` and is not in `exclude`.
+    pub fn pick(&self, domain: DomainKind, exclude: &[String]) -> Option<Arc<WorkerHandle>> {
+        let workers = self.workers();
+        let n = workers.len();
+        if n == 0 {
+            return None;
+        }
+        let start = self.next.fetch_add(1, Ordering::Relaxed);
+        (0..n)
+            .map(|i| &workers[(start + i) % n])
+            .filter(|w| w.is_up() && w.serves(domain) && !exclude.contains(&w.address))
+            .min_by_key(|w| w.in_flight())
+            .cloned()
+    }
+
+    /// Who answers `domain`: the workers' common answerer, so that memo entries made with one
+    /// generation are never served for another.
+    pub fn answerer_id(&self, domain: DomainKind) -> AnswererId {
+        let mut keys: Vec<(u64, String)> = self
+            .workers()
+            .iter()
+            .filter(|w| w.serves(domain))
+            .filter_map(|w| w.info().map(|i| (i.answerer_key, i.answerer)))
+            .collect();
+        keys.sort();
+        keys.dedup();
+        match keys.as_slice() {
+            [] => AnswererId {
+                key: 2,
+                label: Arc::from("remote (no workers)"),
+            },
+            [(key, label)] => AnswererId {
+                key: *key,
+                label: Arc::from(label.as_str()),
+            },
+            many => {
+                // Mixed generations during a rollout: a key of its own, shared by nobody else.
+                let key = many.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, (k, _)| {
+                    (h ^ k).wrapping_mul(0x100_0000_01b3)
+                });
+                AnswererId {
+                    key: key.clamp(3, AnswererId::ORACLE_KEY - 1),
+                    label: Arc::from("mixed generations"),
+                }
+            }
+        }
+    }
+
+    pub fn status(&self) -> Vec<pb::WorkerStatus> {
+        self.workers()
+            .iter()
+            .map(|w| {
+                let info = w.info();
+                pb::WorkerStatus {
+                    address: w.address.clone(),
+                    healthy: w.is_up(),
+                    answerer: info
+                        .as_ref()
+                        .map(|i| i.answerer.clone())
+                        .unwrap_or_default(),
+                    domains: info.map(|i| i.domains).unwrap_or_default(),
+                    calls_in_flight: w.in_flight() as u64,
+                    items_sent: w.items_sent.load(Ordering::Relaxed),
+                    failures: w.failures.load(Ordering::Relaxed),
+                }
+            })
+            .collect()
+    }
+}
+
+async fn refresh_loop(pool: Weak<Pool>, every: Duration) {
+    loop {
+        tokio::time::sleep(every).await;
+        let Some(pool) = pool.upgrade() else { return };
+        pool.refresh().await;
+    }
+}

@@ -1,0 +1,267 @@
+//! The pool of workers behind the [`Answerer`] interface.
+//!
+//! Leaf questions from every tree of a domain go into one queue. A coalescing task takes the first,
+//! waits for a free call slot on the least busy worker (while it waits, more questions pile up),
+//! then takes everything queued (up to a maximum batch) and sends it as one call. Facts go to a
+//! worker once; afterwards only their hash, and a worker that lost them says so and gets the text
+//! again. A failed or overloaded worker's batch is retried on another one. When every tree waiting
+//! on a batch has gone away (the client cancelled, or a deadline passed), the call is dropped,
+//! which cancels it on the worker too.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::future::BoxFuture;
+use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit};
+
+use super::pool::{Pool, WorkerHandle};
+use crate::answerer::{AnswerError, Answerer, AnswererId, Answers, Query};
+use crate::domain::{parse_reply, Domain};
+use crate::rpc::{pb, ServiceError};
+
+/// Settings of the remote answerer.
+#[derive(Clone, Copy, Debug)]
+pub struct RemoteConfig {
+    /// Most questions in one call to a worker.
+    pub max_batch: usize,
+    /// Attempts per batch (on different workers where possible).
+    pub attempts: usize,
+    /// Longest a single call may take.
+    pub call_timeout: Duration,
+}
+
+impl Default for RemoteConfig {
+    fn default() -> Self {
+        Self {
+            max_batch: 1024,
+            attempts: 3,
+            call_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+struct Pending<D: Domain> {
+    query: Query<D>,
+    reply: oneshot::Sender<Result<Option<D::Answer>, AnswerError>>,
+}
+
+pub struct RemoteAnswerer<D: Domain> {
+    pool: Arc<Pool>,
+    queue: mpsc::UnboundedSender<Pending<D>>,
+}
+
+impl<D: Domain + Copy> RemoteAnswerer<D> {
+    /// Starts the coalescing task on the current tokio runtime; it ends with the answerer.
+    pub fn new(domain: D, pool: Arc<Pool>, config: RemoteConfig) -> Self {
+        let (queue, rx) = mpsc::unbounded_channel();
+        tokio::spawn(coalesce(domain, pool.clone(), rx, config));
+        Self { pool, queue }
+    }
+}
+
+impl<D: Domain + Copy> Answerer<D> for RemoteAnswerer<D> {
+    fn id(&self) -> AnswererId {
+        self.pool.answerer_id(D::KIND)
+    }
+
+    fn answer<'a>(&'a self, batch: &'a [Query<D>]) -> BoxFuture<'a, Answers<D::Answer>> {
+        let receivers: Vec<_> = batch
+            .iter()
+            .map(|query| {
+                let (reply, rx) = oneshot::channel();
+                let _ = self.queue.send(Pending {
+                    query: query.clone(),
+                    reply,
+                });
+                rx
+            })
+            .collect();
+        Box::pin(async move {
+            let mut answers = Vec::with_capacity(receivers.len());
+            for rx in receivers {
+                let answer = rx.await.map_err(|_| {
+                    AnswerError::Unavailable("the coordinator's worker queue closed".to_string())
+                })??;
+                answers.push(answer);
+            }
+            Ok(answers)
+        })
+    }
+}
+
+async fn coalesce<D: Domain + Copy>(
+    domain: D,
+    pool: Arc<Pool>,
+    mut rx: mpsc::UnboundedReceiver<Pending<D>>,
+    config: RemoteConfig,
+) {
+    while let Some(first) = rx.recv().await {
+        let mut batch = vec![first];
+        let Some(worker) = pool.pick(D::KIND, &[]) else {
+            while let Ok(p) = rx.try_recv() {
+                batch.push(p);
+            }
+            fail(
+                batch,
+                AnswerError::Unavailable(format!("no healthy worker serves domain {}", D::KIND)),
+            );
+            continue;
+        };
+        // While this waits for a free slot, more questions queue up and join the batch.
+        let slot = worker.slot().await;
+        while batch.len() < config.max_batch {
+            match rx.try_recv() {
+                Ok(p) => batch.push(p),
+                Err(_) => break,
+            }
+        }
+        batch.retain(|p| !p.reply.is_closed());
+        if batch.is_empty() {
+            continue;
+        }
+        tokio::spawn(send(domain, pool.clone(), worker, slot, batch, config));
+    }
+}
+
+fn fail<D: Domain>(batch: Vec<Pending<D>>, error: AnswerError) {
+    for p in batch {
+        let _ = p.reply.send(Err(error.clone()));
+    }
+}
+
+/// Resolves once every tree waiting on `batch` has gone away.
+async fn abandoned<D: Domain>(batch: &mut [Pending<D>]) {
+    futures::future::join_all(batch.iter_mut().map(|p| p.reply.closed())).await;
+}
+
+fn request<D: Domain>(
+    domain: &D,
+    worker: &WorkerHandle,
+    batch: &[Pending<D>],
+) -> pb::AnswerRequest {
+    let mut instances: Vec<pb::Facts> = Vec::new();
+    let mut index: Vec<crate::domain::InstanceId> = Vec::new();
+    let items = batch
+        .iter()
+        .map(|p| {
+            let id = p.query.instance.id();
+            let i = match index.iter().position(|x| *x == id) {
+                Some(i) => i,
+                None => {
+                    index.push(id);
+                    instances.push(pb::Facts {
+                        id: id.0.to_vec(),
+                        text: if worker.knows(&id) {
+                            String::new()
+                        } else {
+                            domain.print_facts(p.query.instance.facts())
+                        },
+                    });
+                    index.len() - 1
+                }
+            };
+            pb::Item {
+                instance: i as u32,
+                question: domain.print_question(&p.query.question),
+            }
+        })
+        .collect();
+    pb::AnswerRequest {
+        domain: D::KIND.name().to_string(),
+        instances,
+        items,
+    }
+}
+
+#[tracing::instrument(skip_all, fields(domain = %D::KIND, items = batch.len()))]
+async fn send<D: Domain + Copy>(
+    domain: D,
+    pool: Arc<Pool>,
+    mut worker: Arc<WorkerHandle>,
+    mut slot: OwnedSemaphorePermit,
+    mut batch: Vec<Pending<D>>,
+    config: RemoteConfig,
+) {
+    let mut tried: Vec<String> = Vec::new();
+    let mut last_error = AnswerError::Unavailable("no attempt made".to_string());
+    let mut attempt = 0;
+    while attempt < config.attempts.max(1) {
+        attempt += 1;
+        let mut call = tonic::Request::new(request(&domain, &worker, &batch));
+        call.set_timeout(config.call_timeout);
+        let mut client = worker.client();
+        let outcome = tokio::select! {
+            r = client.answer(call) => r,
+            _ = abandoned(&mut batch) => {
+                tracing::debug!(worker = %worker.address, "batch abandoned by its trees: call cancelled");
+                return;
+            }
+        };
+        match outcome {
+            Ok(response) => {
+                let response = response.into_inner();
+                if !response.missing_facts.is_empty() {
+                    for id in &response.missing_facts {
+                        if let Ok(id) = <[u8; 32]>::try_from(id.as_slice()) {
+                            worker.forget(&crate::domain::InstanceId(id));
+                        }
+                    }
+                    continue;
+                }
+                worker
+                    .items_sent
+                    .fetch_add(batch.len() as u64, Ordering::Relaxed);
+                for p in &batch {
+                    worker.remember(p.query.instance.id());
+                }
+                deliver(&domain, batch, response.replies);
+                return;
+            }
+            Err(status) => {
+                let error = ServiceError::from(status);
+                tracing::debug!(worker = %worker.address, %error, "worker call failed");
+                last_error = error.clone().into();
+                if !error.is_retryable() {
+                    break;
+                }
+                worker.mark_down(pool.config().down_for);
+                tried.push(worker.address.clone());
+                drop(slot);
+                let Some(next) = pool
+                    .pick(D::KIND, &tried)
+                    .or_else(|| pool.pick(D::KIND, &[]))
+                else {
+                    break;
+                };
+                worker = next;
+                slot = worker.slot().await;
+            }
+        }
+    }
+    fail(batch, last_error);
+}
+
+fn deliver<D: Domain>(domain: &D, batch: Vec<Pending<D>>, replies: Vec<pb::Reply>) {
+    if replies.len() != batch.len() {
+        let asked = batch.len();
+        fail(
+            batch,
+            AnswerError::Internal(format!(
+                "worker sent {} answers for {asked} questions",
+                replies.len()
+            )),
+        );
+        return;
+    }
+    for (p, reply) in batch.into_iter().zip(replies) {
+        let answer = if reply.known {
+            parse_reply(domain, &reply.answer).map_err(|e| {
+                AnswerError::Internal(format!("worker sent an unreadable answer: {e}"))
+            })
+        } else {
+            Ok(None)
+        };
+        let _ = p.reply.send(answer);
+    }
+}

@@ -1,0 +1,234 @@
+//! Serving: the gRPC servers of workers and coordinators on real sockets, with grpc.health.v1,
+//! server reflection and graceful shutdown, and [`Cluster`], a coordinator and N workers in one
+//! process (`hch up`, the demo, and the integration tests).
+//!
+//! Shutdown is graceful: when the shutdown future resolves the server stops accepting, lets
+//! requests in flight finish, then returns.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+use tokio_stream::wrappers::TcpListenerStream;
+use tonic::transport::Server;
+use tonic_health::ServingStatus;
+
+use crate::coordinator::pool::{Pool, PoolConfig, WorkerSource};
+use crate::coordinator::{CoordinatorConfig, CoordinatorService};
+use crate::rpc::{limits, pb};
+use crate::worker::{Serving, Worker, WorkerConfig, WorkerService};
+
+type ServeResult = Result<(), tonic::transport::Error>;
+
+fn reflection() -> tonic_reflection::server::v1::ServerReflectionServer<
+    impl tonic_reflection::server::v1::ServerReflection,
+> {
+    tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()
+        .expect("the compiled descriptor sets are valid")
+}
+
+/// Serves a worker on `listener` until `shutdown` resolves. Health is NOT_SERVING until the
+/// worker has a model loaded.
+pub async fn serve_worker(
+    listener: TcpListener,
+    worker: Worker,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> ServeResult {
+    let (reporter, health) = tonic_health::server::health_reporter();
+    let service_name = "hch.v1.Worker";
+    reporter
+        .set_service_status(service_name, ServingStatus::NotServing)
+        .await;
+    reporter
+        .set_service_status("", ServingStatus::NotServing)
+        .await;
+    let mut ready = worker.ready.clone();
+    tokio::spawn(async move {
+        if ready.wait_for(|&r| r).await.is_ok() {
+            reporter
+                .set_service_status(service_name, ServingStatus::Serving)
+                .await;
+            reporter
+                .set_service_status("", ServingStatus::Serving)
+                .await;
+        }
+    });
+    let service = pb::worker_server::WorkerServer::new(worker.service.clone())
+        .max_decoding_message_size(limits::MAX_MESSAGE_BYTES)
+        .max_encoding_message_size(limits::MAX_MESSAGE_BYTES);
+    Server::builder()
+        .tcp_nodelay(true)
+        .add_service(health)
+        .add_service(reflection())
+        .add_service(service)
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
+        .await
+}
+
+/// Serves a coordinator on `listener` until `shutdown` resolves.
+pub async fn serve_coordinator(
+    listener: TcpListener,
+    service: Arc<CoordinatorService>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> ServeResult {
+    let (reporter, health) = tonic_health::server::health_reporter();
+    reporter
+        .set_service_status("hch.v1.Coordinator", ServingStatus::Serving)
+        .await;
+    reporter
+        .set_service_status("", ServingStatus::Serving)
+        .await;
+    let service = pb::coordinator_server::CoordinatorServer::new(service)
+        .max_decoding_message_size(limits::MAX_MESSAGE_BYTES)
+        .max_encoding_message_size(limits::MAX_MESSAGE_BYTES);
+    Server::builder()
+        .tcp_nodelay(true)
+        .add_service(health)
+        .add_service(reflection())
+        .add_service(service)
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
+        .await
+}
+
+/// A server running in the background, stopped by [`Running::stop`] (or by dropping it).
+pub struct Running {
+    pub addr: SocketAddr,
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<JoinHandle<ServeResult>>,
+}
+
+impl Running {
+    /// Starts graceful shutdown and waits for the server to finish its requests in flight.
+    pub async fn stop(mut self) -> ServeResult {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        match self.task.take() {
+            Some(task) => task.await.unwrap_or(Ok(())),
+            None => Ok(()),
+        }
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+}
+
+fn shutdown_channel() -> (
+    oneshot::Sender<()>,
+    impl Future<Output = ()> + Send + 'static,
+) {
+    let (tx, rx) = oneshot::channel::<()>();
+    (tx, async move {
+        let _ = rx.await;
+    })
+}
+
+/// Starts a worker on `listen` (port 0 for any free port).
+pub async fn start_worker(
+    listen: SocketAddr,
+    serving: Serving,
+    config: WorkerConfig,
+) -> std::io::Result<(Running, Arc<WorkerService>)> {
+    let listener = TcpListener::bind(listen).await?;
+    let addr = listener.local_addr()?;
+    let worker = Worker::start(serving, config);
+    let service = worker.service.clone();
+    let (stop, shutdown) = shutdown_channel();
+    let task = tokio::spawn(serve_worker(listener, worker, shutdown));
+    Ok((
+        Running {
+            addr,
+            stop: Some(stop),
+            task: Some(task),
+        },
+        service,
+    ))
+}
+
+/// Starts a coordinator on `listen` over the workers of `pool`.
+pub async fn start_coordinator(
+    listen: SocketAddr,
+    pool: PoolConfig,
+    config: CoordinatorConfig,
+) -> std::io::Result<(Running, Arc<CoordinatorService>)> {
+    let listener = TcpListener::bind(listen).await?;
+    let addr = listener.local_addr()?;
+    let pool = Pool::start(pool).await;
+    let service = CoordinatorService::new(pool, config);
+    let (stop, shutdown) = shutdown_channel();
+    let task = tokio::spawn(serve_coordinator(listener, service.clone(), shutdown));
+    Ok((
+        Running {
+            addr,
+            stop: Some(stop),
+            task: Some(task),
+        },
+        service,
+    ))
+}
+
+/// A coordinator and its workers in one process, on loopback ports.
+pub struct Cluster {
+    pub coordinator: Running,
+    pub coordinator_service: Arc<CoordinatorService>,
+    pub workers: Vec<(Running, Arc<WorkerService>)>,
+}
+
+impl Cluster {
+    /// Starts `workers` workers serving `serving`, then a coordinator over them, all on
+    /// 127.0.0.1 with free ports (or the coordinator on `coordinator_listen`).
+    pub async fn start(
+        workers: usize,
+        serving: Serving,
+        worker_config: WorkerConfig,
+        coordinator_listen: SocketAddr,
+        pool: PoolConfig,
+        config: CoordinatorConfig,
+    ) -> std::io::Result<Cluster> {
+        let mut started = Vec::with_capacity(workers);
+        for _ in 0..workers {
+            started.push(
+                start_worker(
+                    SocketAddr::from(([127, 0, 0, 1], 0)),
+                    serving.clone(),
+                    worker_config.clone(),
+                )
+                .await?,
+            );
+        }
+        let addresses = started.iter().map(|(r, _)| r.addr.to_string()).collect();
+        let (coordinator, coordinator_service) = start_coordinator(
+            coordinator_listen,
+            PoolConfig {
+                source: WorkerSource::Static(addresses),
+                ..pool
+            },
+            config,
+        )
+        .await?;
+        Ok(Cluster {
+            coordinator,
+            coordinator_service,
+            workers: started,
+        })
+    }
+
+    /// Stops the coordinator, then the workers, each gracefully.
+    pub async fn stop(self) {
+        let _ = self.coordinator.stop().await;
+        for (w, _) in self.workers {
+            let _ = w.stop().await;
+        }
+    }
+}
