@@ -167,6 +167,15 @@ pub fn check_size<D: Domain>(size: usize) -> Result<(), DomainError> {
     }
 }
 
+/// Checks `size` against the bounds of the domain `kind`.
+pub fn check_size_for(kind: DomainKind, size: usize) -> Result<(), DomainError> {
+    crate::with_domain!(kind, d => check_size_of(&d, size))
+}
+
+fn check_size_of<D: Domain>(_: &D, size: usize) -> Result<(), DomainError> {
+    check_size::<D>(size)
+}
+
 /// Parses an answer that may be unknown (`?`).
 pub fn parse_reply<D: Domain>(domain: &D, text: &str) -> Result<Option<D::Answer>, ParseError> {
     if text.trim() == UNKNOWN_TEXT {

@@ -1,6 +1,10 @@
 //! The `hch` command line. Each subcommand is a thin layer over the library: it parses flags,
 //! builds the pieces, and prints. Errors surface as `anyhow` messages at this edge only.
 
+mod loadtest;
+mod remote;
+mod serve;
+
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -34,31 +38,40 @@ enum Command {
     Ask(AskArgs),
     /// Print a generated instance and sample questions with their true answers.
     Sample(SampleArgs),
+    /// Serve a worker: answers batches of questions with a model (or the oracle, for tests).
+    Worker(serve::WorkerArgs),
+    /// Serve a coordinator: evaluates trees for clients over a pool of workers.
+    Coordinator(serve::CoordinatorArgs),
+    /// A coordinator and N workers in one process, for local use.
+    Up(serve::UpArgs),
+    /// Measure subquestions per second through a coordinator and workers on loopback, against
+    /// the raw rate of trivial unary gRPC calls.
+    Loadtest(loadtest::LoadtestArgs),
 }
 
 /// Where the instance comes from: generated from (size, seed), or given as text.
 #[derive(Args, Debug)]
-struct InstanceArgs {
+pub(crate) struct InstanceArgs {
     /// The domain: permutation, assignments, wildcard, shortest-path or union-find.
     #[arg(short, long)]
-    domain: DomainKind,
+    pub(crate) domain: DomainKind,
     /// Instance size (number of symbols) when generating; the paper's full size is 64.
     #[arg(long, default_value_t = FULL_SIZE)]
-    size: usize,
+    pub(crate) size: usize,
     /// Seed of the generated instance.
     #[arg(long, default_value_t = 0)]
-    seed: u64,
+    pub(crate) seed: u64,
     /// The instance's facts in the domain's text syntax, instead of generating.
     #[arg(long, conflicts_with_all = ["instance_file"])]
-    instance: Option<String>,
+    pub(crate) instance: Option<String>,
     /// A file holding the instance's facts in text syntax.
     #[arg(long)]
-    instance_file: Option<PathBuf>,
+    pub(crate) instance_file: Option<PathBuf>,
 }
 
 /// Which answerer answers at the leaves.
 #[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
-enum AnswererChoice {
+pub(crate) enum AnswererChoice {
     /// Ground truth. For checking trees and evaluation only; models come with `hch train`.
     Oracle,
     /// No answerer (exact mode only).
@@ -66,39 +79,42 @@ enum AnswererChoice {
 }
 
 #[derive(Args, Debug)]
-struct AskArgs {
+pub(crate) struct AskArgs {
     #[command(flatten)]
-    instance: InstanceArgs,
+    pub(crate) instance: InstanceArgs,
     /// The question in the domain's text syntax (for example `01*0*1` for wildcard).
     #[arg(short, long)]
-    question: String,
+    pub(crate) question: String,
     /// distilled, amplified, hch:D or exact.
     #[arg(short, long, default_value = "exact")]
-    mode: Mode,
+    pub(crate) mode: Mode,
     /// The answerer at the leaves (required by every mode but exact).
     #[arg(long, value_enum, default_value_t = AnswererChoice::None)]
-    answerer: AnswererChoice,
+    pub(crate) answerer: AnswererChoice,
     /// Depth budget (the root is depth 0).
     #[arg(long)]
-    max_depth: Option<u32>,
+    pub(crate) max_depth: Option<u32>,
     /// Node budget.
     #[arg(long)]
-    max_nodes: Option<u64>,
+    pub(crate) max_nodes: Option<u64>,
     /// Deadline for the whole tree, in milliseconds.
     #[arg(long)]
-    deadline_ms: Option<u64>,
+    pub(crate) deadline_ms: Option<u64>,
     /// Turn the memo off (every subquestion is evaluated, even if seen before).
     #[arg(long)]
-    no_memo: bool,
+    pub(crate) no_memo: bool,
     /// Print the tree, one node per line.
     #[arg(long)]
-    tree: bool,
+    pub(crate) tree: bool,
     /// Print the instance's facts.
     #[arg(long)]
-    show_instance: bool,
+    pub(crate) show_instance: bool,
     /// Also print the ground truth, to check the answer.
     #[arg(long)]
-    truth: bool,
+    pub(crate) truth: bool,
+    /// Ask a running coordinator (`http://host:port`) instead of evaluating here.
+    #[arg(long)]
+    pub(crate) addr: Option<String>,
 }
 
 #[derive(Args, Debug)]
@@ -125,8 +141,13 @@ pub fn main() -> Result<()> {
         .context("starting the async runtime")?;
     runtime.block_on(async {
         match cli.command {
+            Command::Ask(args) if args.addr.is_some() => remote::ask(args).await,
             Command::Ask(args) => with_domain!(args.instance.domain, d => ask(d, args).await),
             Command::Sample(args) => with_domain!(args.instance.domain, d => sample(d, args)),
+            Command::Worker(args) => serve::worker(args).await,
+            Command::Coordinator(args) => serve::coordinator(args).await,
+            Command::Up(args) => serve::up(args).await,
+            Command::Loadtest(args) => loadtest::run(args).await,
         }
     })
 }

@@ -1,0 +1,216 @@
+//! `hch loadtest`: subquestions per second through a coordinator and oracle workers on loopback,
+//! against the raw rate of trivial unary gRPC calls (a worker's ModelInfo) measured in the same
+//! run, with the same number of concurrent clients. Every tree gets a fresh instance (a new
+//! seed), so the memo cannot shortcut the work; the subquestion count is what the workers report
+//! having answered.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use clap::Args;
+
+use crate::coordinator::pool::{PoolConfig, WorkerSource};
+use crate::coordinator::CoordinatorConfig;
+use crate::domain::{Domain, DomainKind, Instance, FULL_SIZE};
+use crate::rng::Rng;
+use crate::rpc::pb;
+use crate::server::Cluster;
+use crate::with_domain;
+use crate::worker::{Serving, WorkerConfig};
+
+#[derive(Args, Debug)]
+pub struct LoadtestArgs {
+    /// Oracle workers to start.
+    #[arg(long, default_value_t = 2)]
+    workers: usize,
+    /// Concurrent clients, in both phases.
+    #[arg(long, default_value_t = 64)]
+    clients: usize,
+    /// Seconds per phase.
+    #[arg(long, default_value_t = 5.0)]
+    seconds: f64,
+    #[arg(long, default_value = "wildcard")]
+    domain: DomainKind,
+    /// Mode of the trees.
+    #[arg(long, default_value = "hch:3")]
+    mode: String,
+    /// Instance size.
+    #[arg(long, default_value_t = FULL_SIZE)]
+    size: usize,
+    /// Ask this question (text syntax) of every tree instead of sampling one per tree.
+    #[arg(long)]
+    question: Option<String>,
+    /// Cycle over this many distinct instances (0: a fresh instance for every tree). Workers
+    /// then hold the facts and only their hashes travel.
+    #[arg(long, default_value_t = 0)]
+    instances: u64,
+}
+
+fn percentiles(mut v: Vec<Duration>) -> String {
+    if v.is_empty() {
+        return "no samples".to_string();
+    }
+    v.sort();
+    let at = |p: f64| v[((v.len() - 1) as f64 * p).round() as usize];
+    format!(
+        "p50 {:?}, p90 {:?}, p99 {:?}, max {:?}",
+        at(0.5),
+        at(0.9),
+        at(0.99),
+        v[v.len() - 1]
+    )
+}
+
+fn questions<D: Domain>(d: &D, size: usize, seed: u64, fixed: Option<&str>) -> (String, String) {
+    let instance = Instance::generate(d, size, seed).expect("size checked");
+    let question = match fixed {
+        Some(q) => q.to_string(),
+        None => d.print_question(&d.sample_question(instance.facts(), &mut Rng::new(seed))),
+    };
+    (d.print_facts(instance.facts()), question)
+}
+
+pub async fn run(args: LoadtestArgs) -> Result<()> {
+    crate::domain::check_size_for(args.domain, args.size)?;
+    let cluster = Cluster::start(
+        args.workers.max(1),
+        Serving::Oracle {
+            delay: Duration::ZERO,
+        },
+        WorkerConfig::default(),
+        SocketAddr::from(([127, 0, 0, 1], 0)),
+        PoolConfig {
+            source: WorkerSource::Static(Vec::new()),
+            ..PoolConfig::default()
+        },
+        CoordinatorConfig {
+            max_trees: args.clients.max(1) * 2,
+            ..CoordinatorConfig::default()
+        },
+    )
+    .await
+    .context("starting the cluster")?;
+    let period = Duration::from_secs_f64(args.seconds.max(0.1));
+    let worker_addr = format!("http://{}", cluster.workers[0].0.addr);
+    let coordinator_addr = format!("http://{}", cluster.coordinator.addr);
+    println!(
+        "loadtest: {} oracle workers, {} clients, {:.1} s per phase, {} {} at size {}, question {}, {}",
+        args.workers,
+        args.clients,
+        args.seconds,
+        args.domain,
+        args.mode,
+        args.size,
+        args.question.as_deref().unwrap_or("sampled per tree"),
+        if args.instances == 0 {
+            "a fresh instance per tree".to_string()
+        } else {
+            format!("{} instances", args.instances)
+        }
+    );
+
+    // Phase 1: trivial unary calls.
+    let channel = tonic::transport::Endpoint::from_shared(worker_addr)?
+        .connect()
+        .await?;
+    let calls = Arc::new(AtomicU64::new(0));
+    let start = Instant::now();
+    let tasks: Vec<_> = (0..args.clients)
+        .map(|_| {
+            let mut client = pb::worker_client::WorkerClient::new(channel.clone());
+            let calls = calls.clone();
+            tokio::spawn(async move {
+                let mut lat = Vec::new();
+                while start.elapsed() < period {
+                    let t = Instant::now();
+                    if client.model_info(pb::ModelInfoRequest {}).await.is_ok() {
+                        calls.fetch_add(1, Ordering::Relaxed);
+                        lat.push(t.elapsed());
+                    }
+                }
+                lat
+            })
+        })
+        .collect();
+    let mut lat = Vec::new();
+    for t in tasks {
+        lat.extend(t.await?);
+    }
+    let raw_rate = calls.load(Ordering::Relaxed) as f64 / start.elapsed().as_secs_f64();
+    println!("raw unary calls:      {raw_rate:>10.0} calls/s   ({})", percentiles(lat));
+
+    // Phase 2: trees through the coordinator.
+    let channel = tonic::transport::Endpoint::from_shared(coordinator_addr)?
+        .connect()
+        .await?;
+    let answered_before: u64 = cluster.workers.iter().map(|(_, w)| w.questions_answered()).sum();
+    let trees = Arc::new(AtomicU64::new(0));
+    let failed = Arc::new(AtomicU64::new(0));
+    let seeds = Arc::new(AtomicU64::new(1));
+    let start = Instant::now();
+    let tasks: Vec<_> = (0..args.clients)
+        .map(|_| {
+            let mut client = pb::coordinator_client::CoordinatorClient::new(channel.clone());
+            let (trees, failed, seeds) = (trees.clone(), failed.clone(), seeds.clone());
+            let (domain, size, mode) = (args.domain, args.size, args.mode.clone());
+            let (fixed, instances) = (args.question.clone(), args.instances);
+            tokio::spawn(async move {
+                let mut lat = Vec::new();
+                while start.elapsed() < period {
+                    let mut seed = seeds.fetch_add(1, Ordering::Relaxed);
+                    if instances > 0 {
+                        seed %= instances;
+                    }
+                    let (facts, question) =
+                        with_domain!(domain, d => questions(&d, size, seed, fixed.as_deref()));
+                    let request = pb::AskRequest {
+                        domain: domain.name().to_string(),
+                        instance: Some(pb::ask_request::Instance::InstanceText(facts)),
+                        question,
+                        mode: mode.clone(),
+                        budget: None,
+                        want_trace: false,
+                    };
+                    let t = Instant::now();
+                    match client.ask(request).await {
+                        Ok(r) if r.get_ref().exhausted.is_empty() => {
+                            trees.fetch_add(1, Ordering::Relaxed);
+                            lat.push(t.elapsed());
+                        }
+                        _ => {
+                            failed.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                }
+                lat
+            })
+        })
+        .collect();
+    let mut lat = Vec::new();
+    for t in tasks {
+        lat.extend(t.await?);
+    }
+    let elapsed = start.elapsed().as_secs_f64();
+    let answered: u64 = cluster
+        .workers
+        .iter()
+        .map(|(_, w)| w.questions_answered())
+        .sum::<u64>()
+        - answered_before;
+    let sub_rate = answered as f64 / elapsed;
+    let tree_rate = trees.load(Ordering::Relaxed) as f64 / elapsed;
+    println!(
+        "subquestions:         {sub_rate:>10.0} subquestions/s ({tree_rate:.0} trees/s, {} degraded or failed; tree latency {})",
+        failed.load(Ordering::Relaxed),
+        percentiles(lat)
+    );
+    println!(
+        "ratio:                {:>10.1}x the raw unary rate",
+        sub_rate / raw_rate.max(1e-9)
+    );
+    cluster.stop().await;
+    Ok(())
+}

@@ -1,0 +1,221 @@
+//! `hch worker`, `hch coordinator`, `hch up`: the servers. Each prints `listening on ADDR` once
+//! bound (scripts read it to find a port-0 server) and shuts down gracefully on SIGTERM or Ctrl-C:
+//! it stops accepting, lets requests in flight finish, then exits.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use clap::Args;
+use tokio::net::TcpListener;
+
+use crate::coordinator::pool::{PoolConfig, WorkerSource};
+use crate::coordinator::CoordinatorConfig;
+use crate::domain::DomainKind;
+use crate::server::{self, Cluster};
+use crate::worker::batcher::BatchConfig;
+use crate::worker::{Serving, Worker, WorkerConfig};
+
+/// What the workers answer with.
+#[derive(Args, Debug, Clone)]
+pub struct ServingArgs {
+    /// Serve the ground truth for every domain. For tests and load tests only.
+    #[arg(long, conflicts_with = "registry")]
+    oracle: bool,
+    /// Artificial delay per batch for the oracle, in milliseconds (simulates model latency).
+    #[arg(long, default_value_t = 0, requires = "oracle")]
+    oracle_delay_ms: u64,
+    /// Serve the current generation of this registry (hot-loading newer ones).
+    #[arg(long, requires = "domain")]
+    registry: Option<PathBuf>,
+    /// The registry's domain.
+    #[arg(long)]
+    domain: Option<DomainKind>,
+    /// Most questions per forward pass.
+    #[arg(long, default_value_t = 512)]
+    max_batch: usize,
+    /// Longest a batch waits to fill, in microseconds.
+    #[arg(long, default_value_t = 2000)]
+    max_wait_us: u64,
+    /// Calls that may wait in a worker's queue before RESOURCE_EXHAUSTED.
+    #[arg(long, default_value_t = 1024)]
+    queue: usize,
+    /// Instances a worker keeps per domain.
+    #[arg(long, default_value_t = 4096)]
+    facts_cache: usize,
+    /// libtorch threads (0: one per core).
+    #[arg(long, default_value_t = 0)]
+    threads: usize,
+}
+
+impl ServingArgs {
+    fn serving(&self) -> Result<Serving> {
+        match (&self.registry, self.domain, self.oracle) {
+            (Some(registry), Some(domain), false) => Ok(Serving::Registry {
+                registry: registry.clone(),
+                domain,
+            }),
+            (None, _, true) => Ok(Serving::Oracle {
+                delay: Duration::from_millis(self.oracle_delay_ms),
+            }),
+            _ => bail!("choose what to serve: --registry DIR --domain D, or --oracle (tests only)"),
+        }
+    }
+
+    fn config(&self) -> WorkerConfig {
+        WorkerConfig {
+            batch: BatchConfig {
+                max_batch: self.max_batch.max(1),
+                max_wait: Duration::from_micros(self.max_wait_us),
+                queue_capacity: self.queue.max(1),
+            },
+            facts_cache: self.facts_cache.max(1),
+            threads: self.threads,
+            ..WorkerConfig::default()
+        }
+    }
+}
+
+#[derive(Args, Debug)]
+pub struct WorkerArgs {
+    /// Address to listen on (port 0: any free port).
+    #[arg(long, default_value = "0.0.0.0:50051")]
+    listen: SocketAddr,
+    #[command(flatten)]
+    serving: ServingArgs,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct CoordinatorOptions {
+    /// Trees evaluated at once; more are refused with RESOURCE_EXHAUSTED.
+    #[arg(long, default_value_t = 1024)]
+    max_trees: usize,
+    /// Calls in flight per worker (batches grow while they wait).
+    #[arg(long, default_value_t = 4)]
+    max_in_flight_per_worker: usize,
+}
+
+#[derive(Args, Debug)]
+pub struct CoordinatorArgs {
+    /// Address to listen on (port 0: any free port).
+    #[arg(long, default_value = "0.0.0.0:50050")]
+    listen: SocketAddr,
+    /// Worker addresses, `host:port`, comma separated.
+    #[arg(long, value_delimiter = ',', conflicts_with = "workers_dns")]
+    workers: Vec<String>,
+    /// A `host:port` whose name resolves to every worker (a Kubernetes headless Service),
+    /// re-resolved every few seconds.
+    #[arg(long)]
+    workers_dns: Option<String>,
+    #[command(flatten)]
+    options: CoordinatorOptions,
+}
+
+#[derive(Args, Debug)]
+pub struct UpArgs {
+    /// The coordinator's address (port 0: any free port).
+    #[arg(long, default_value = "127.0.0.1:50050")]
+    listen: SocketAddr,
+    /// Number of workers.
+    #[arg(long, default_value_t = 2)]
+    workers: usize,
+    #[command(flatten)]
+    serving: ServingArgs,
+    #[command(flatten)]
+    options: CoordinatorOptions,
+}
+
+fn coordinator_config(o: &CoordinatorOptions) -> CoordinatorConfig {
+    CoordinatorConfig {
+        max_trees: o.max_trees.max(1),
+        ..CoordinatorConfig::default()
+    }
+}
+
+fn pool_config(o: &CoordinatorOptions, source: WorkerSource) -> PoolConfig {
+    PoolConfig {
+        source,
+        max_in_flight_per_worker: o.max_in_flight_per_worker.max(1),
+        ..PoolConfig::default()
+    }
+}
+
+/// Resolves on SIGTERM or Ctrl-C.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {}
+        _ = term => {}
+    }
+    tracing::info!("shutting down: finishing requests in flight");
+}
+
+fn announce(what: &str, addr: SocketAddr) {
+    use std::io::Write;
+    println!("{what} listening on {addr}");
+    let _ = std::io::stdout().flush();
+}
+
+pub async fn worker(args: WorkerArgs) -> Result<()> {
+    let serving = args.serving.serving()?;
+    let listener = TcpListener::bind(args.listen)
+        .await
+        .with_context(|| format!("binding {}", args.listen))?;
+    announce("worker", listener.local_addr()?);
+    let worker = Worker::start(serving, args.serving.config());
+    server::serve_worker(listener, worker, shutdown_signal()).await?;
+    Ok(())
+}
+
+pub async fn coordinator(args: CoordinatorArgs) -> Result<()> {
+    let source = match (&args.workers_dns, args.workers.is_empty()) {
+        (Some(name), _) => WorkerSource::Dns(name.clone()),
+        (None, false) => WorkerSource::Static(args.workers.clone()),
+        (None, true) => bail!("give the workers: --workers host:port,... or --workers-dns name:port"),
+    };
+    let listener = TcpListener::bind(args.listen)
+        .await
+        .with_context(|| format!("binding {}", args.listen))?;
+    announce("coordinator", listener.local_addr()?);
+    let pool = crate::coordinator::pool::Pool::start(pool_config(&args.options, source)).await;
+    let service = crate::coordinator::CoordinatorService::new(pool, coordinator_config(&args.options));
+    server::serve_coordinator(listener, service, shutdown_signal()).await?;
+    Ok(())
+}
+
+pub async fn up(args: UpArgs) -> Result<()> {
+    if args.workers == 0 {
+        bail!("--workers must be at least 1");
+    }
+    let cluster = Cluster::start(
+        args.workers,
+        args.serving.serving()?,
+        args.serving.config(),
+        args.listen,
+        pool_config(&args.options, WorkerSource::Static(Vec::new())),
+        coordinator_config(&args.options),
+    )
+    .await
+    .with_context(|| format!("starting the cluster on {}", args.listen))?;
+    for (w, _) in &cluster.workers {
+        eprintln!("worker listening on {}", w.addr);
+    }
+    announce("coordinator", cluster.coordinator.addr);
+    shutdown_signal().await;
+    cluster.stop().await;
+    Ok(())
+}
