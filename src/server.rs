@@ -116,6 +116,17 @@ impl Running {
     }
 }
 
+impl Running {
+    /// Stops the server at once, dropping its connections and requests in flight (a crash, for
+    /// tests of failure handling).
+    pub fn abort(mut self) {
+        self.stop.take();
+        if let Some(task) = self.task.take() {
+            task.abort();
+        }
+    }
+}
+
 impl Drop for Running {
     fn drop(&mut self) {
         if let Some(stop) = self.stop.take() {

@@ -140,13 +140,20 @@ pub async fn run(args: LoadtestArgs) -> Result<()> {
         lat.extend(t.await?);
     }
     let raw_rate = calls.load(Ordering::Relaxed) as f64 / start.elapsed().as_secs_f64();
-    println!("raw unary calls:      {raw_rate:>10.0} calls/s   ({})", percentiles(lat));
+    println!(
+        "raw unary calls:      {raw_rate:>10.0} calls/s   ({})",
+        percentiles(lat)
+    );
 
     // Phase 2: trees through the coordinator.
     let channel = tonic::transport::Endpoint::from_shared(coordinator_addr)?
         .connect()
         .await?;
-    let answered_before: u64 = cluster.workers.iter().map(|(_, w)| w.questions_answered()).sum();
+    let answered_before: u64 = cluster
+        .workers
+        .iter()
+        .map(|(_, w)| w.questions_answered())
+        .sum();
     let trees = Arc::new(AtomicU64::new(0));
     let failed = Arc::new(AtomicU64::new(0));
     let seeds = Arc::new(AtomicU64::new(1));

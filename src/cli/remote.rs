@@ -52,7 +52,11 @@ pub async fn ask(args: AskArgs) -> Result<()> {
         stats.nodes,
         stats.memo_hits,
         stats.answerer_queries,
-        if response.answerer.is_empty() { "none" } else { &response.answerer },
+        if response.answerer.is_empty() {
+            "none"
+        } else {
+            &response.answerer
+        },
         stats.elapsed_us,
         if response.exhausted.is_empty() {
             String::new()
@@ -79,14 +83,22 @@ pub fn render(trace: &pb::Trace) -> String {
     let mut out = String::new();
     let mut stack: Vec<(&pb::TraceNode, usize)> = root.into_iter().map(|r| (r, 0)).collect();
     while let Some((n, indent)) = stack.pop() {
-        let who = if n.by == "answerer" { trace.answerer.as_str() } else { n.by.as_str() };
+        let who = if n.by == "answerer" {
+            trace.answerer.as_str()
+        } else {
+            n.by.as_str()
+        };
         out.push_str(&format!(
             "{}{} = {}  [{}{}, {} µs]\n",
             "  ".repeat(indent),
             n.question,
             n.answer,
             who,
-            if n.exhausted.is_empty() { String::new() } else { format!(", {}", n.exhausted) },
+            if n.exhausted.is_empty() {
+                String::new()
+            } else {
+                format!(", {}", n.exhausted)
+            },
             n.end_us.saturating_sub(n.start_us)
         ));
         if let Some(c) = children.get(&n.id) {

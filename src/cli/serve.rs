@@ -185,14 +185,17 @@ pub async fn coordinator(args: CoordinatorArgs) -> Result<()> {
     let source = match (&args.workers_dns, args.workers.is_empty()) {
         (Some(name), _) => WorkerSource::Dns(name.clone()),
         (None, false) => WorkerSource::Static(args.workers.clone()),
-        (None, true) => bail!("give the workers: --workers host:port,... or --workers-dns name:port"),
+        (None, true) => {
+            bail!("give the workers: --workers host:port,... or --workers-dns name:port")
+        }
     };
     let listener = TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("binding {}", args.listen))?;
     announce("coordinator", listener.local_addr()?);
     let pool = crate::coordinator::pool::Pool::start(pool_config(&args.options, source)).await;
-    let service = crate::coordinator::CoordinatorService::new(pool, coordinator_config(&args.options));
+    let service =
+        crate::coordinator::CoordinatorService::new(pool, coordinator_config(&args.options));
     server::serve_coordinator(listener, service, shutdown_signal()).await?;
     Ok(())
 }

@@ -1,0 +1,459 @@
+//! The distributed system on real sockets: a coordinator and oracle workers on 127.0.0.1, port 0,
+//! spoken to by a real tonic client.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use hch::coordinator::pool::{PoolConfig, WorkerSource};
+use hch::coordinator::CoordinatorConfig;
+use hch::domain::{Domain, DomainKind, Instance};
+use hch::rng::Rng;
+use hch::rpc::pb;
+use hch::server::Cluster;
+use hch::with_domain;
+use hch::worker::batcher::BatchConfig;
+use hch::worker::{Serving, WorkerConfig};
+use tonic::Code;
+
+type Client = pb::coordinator_client::CoordinatorClient<tonic::transport::Channel>;
+
+fn any_port() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 0))
+}
+
+async fn cluster(
+    workers: usize,
+    delay: Duration,
+    worker: WorkerConfig,
+    config: CoordinatorConfig,
+) -> Cluster {
+    Cluster::start(
+        workers,
+        Serving::Oracle { delay },
+        worker,
+        any_port(),
+        PoolConfig {
+            source: WorkerSource::Static(Vec::new()),
+            refresh_every: Duration::from_millis(200),
+            ..PoolConfig::default()
+        },
+        config,
+    )
+    .await
+    .unwrap()
+}
+
+async fn client(cluster: &Cluster) -> Client {
+    Client::connect(format!("http://{}", cluster.coordinator.addr))
+        .await
+        .unwrap()
+}
+
+fn ask(domain: DomainKind, instance: String, question: String, mode: &str) -> pb::AskRequest {
+    pb::AskRequest {
+        domain: domain.name().to_string(),
+        instance: Some(pb::ask_request::Instance::InstanceText(instance)),
+        question,
+        mode: mode.to_string(),
+        budget: None,
+        want_trace: false,
+    }
+}
+
+/// (instance text, question text, true answer text) for a few seeded questions.
+fn cases<D: Domain>(d: &D, size: usize, n: u64) -> Vec<(String, String, String)> {
+    (0..n)
+        .map(|seed| {
+            let inst = Instance::generate(d, size, seed).unwrap();
+            let q = d.sample_question(inst.facts(), &mut Rng::new(seed));
+            (
+                d.print_facts(inst.facts()),
+                d.print_question(&q),
+                d.print_answer(&d.truth(inst.facts(), &q)),
+            )
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_coordinator_and_three_workers_answer_every_domain() {
+    let cluster = cluster(
+        3,
+        Duration::ZERO,
+        WorkerConfig::default(),
+        CoordinatorConfig::default(),
+    )
+    .await;
+    let mut client = client(&cluster).await;
+    for kind in DomainKind::ALL {
+        let cases = with_domain!(kind, d => cases(&d, 16, 12));
+        for (i, (facts, question, truth)) in cases.into_iter().enumerate() {
+            let mode = if i % 2 == 0 { "amplified" } else { "hch:3" };
+            let mut request = ask(kind, facts, question.clone(), mode);
+            request.want_trace = i == 0;
+            let r = client.ask(request).await.unwrap().into_inner();
+            assert_eq!(r.answer, truth, "{kind} {question} {mode}");
+            assert!(r.known);
+            assert_eq!(r.exhausted, "", "{kind} {question}");
+            if i == 0 {
+                let trace = r.trace.expect("trace requested");
+                assert_eq!(trace.nodes[0].question, question);
+                let stored = client
+                    .get_trace(pb::GetTraceRequest {
+                        tree_id: r.tree_id.clone(),
+                    })
+                    .await
+                    .unwrap()
+                    .into_inner();
+                assert_eq!(stored, trace);
+            }
+        }
+    }
+    let status = client
+        .status(pb::StatusRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(status.workers.len(), 3);
+    assert!(status
+        .workers
+        .iter()
+        .all(|w| w.healthy && w.answerer == "oracle"));
+    assert!(status.workers.iter().map(|w| w.items_sent).sum::<u64>() > 0);
+    cluster.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tree_survives_a_worker_stopped_in_its_middle() {
+    // Slow workers and a sequential tree (permutation powering at hch:3: 8 leaf calls one after
+    // another), so the tree is certainly in flight when a worker goes away.
+    let mut cluster = cluster(
+        3,
+        Duration::from_millis(30),
+        WorkerConfig::default(),
+        CoordinatorConfig::default(),
+    )
+    .await;
+    let mut client = client(&cluster).await;
+    let d = hch::domain::permutation::Permutation;
+    let inst = Instance::generate(&d, 64, 11).unwrap();
+    let q = d.parse_question("sigma^63(5)").unwrap();
+    let truth = d.print_answer(&d.truth(inst.facts(), &q));
+    let request = ask(
+        DomainKind::Permutation,
+        d.print_facts(inst.facts()),
+        "sigma^63(5)".into(),
+        "hch:3",
+    );
+    let mut stream = client.ask_stream(request).await.unwrap().into_inner();
+    // Wait until a worker has answered a leaf: the tree is under way.
+    loop {
+        let event = stream.message().await.unwrap().expect("stream ended early");
+        if let Some(pb::tree_event::Event::Answered(a)) = event.event {
+            if a.by == "answerer" {
+                break;
+            }
+        }
+    }
+    // Stop two of the three workers, abruptly.
+    for _ in 0..2 {
+        let (worker, _) = cluster.workers.remove(0);
+        worker.abort();
+    }
+    let mut done = None;
+    while let Some(event) = stream.message().await.unwrap() {
+        if let Some(pb::tree_event::Event::Done(r)) = event.event {
+            done = Some(r);
+        }
+    }
+    let done = done.expect("the tree finished");
+    assert_eq!(done.answer, truth);
+    assert_eq!(done.exhausted, "");
+    cluster.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_cancels_stops_the_work_on_the_workers() {
+    let cluster = cluster(
+        2,
+        Duration::from_millis(50),
+        WorkerConfig::default(),
+        CoordinatorConfig::default(),
+    )
+    .await;
+    let mut client = client(&cluster).await;
+    let d = hch::domain::permutation::Permutation;
+    let inst = Instance::generate(&d, 64, 12).unwrap();
+    let request = ask(
+        DomainKind::Permutation,
+        d.print_facts(inst.facts()),
+        "sigma^63(1)".into(),
+        "hch:3",
+    );
+    let mut stream = client.ask_stream(request).await.unwrap().into_inner();
+    loop {
+        let event = stream.message().await.unwrap().expect("stream ended early");
+        if let Some(pb::tree_event::Event::Answered(a)) = event.event {
+            if a.by == "answerer" {
+                break;
+            }
+        }
+    }
+    drop(stream); // the client goes away
+                  // The coordinator drops the tree and its calls; wait (bounded) until it says so.
+    let status = wait_until(&mut client, |s| {
+        s.trees_in_flight == 0 && s.workers.iter().all(|w| w.calls_in_flight == 0)
+    })
+    .await;
+    // The whole tree needs 8 sequential leaf answers; the cancelled one got at most 2.
+    let answered: u64 = cluster
+        .workers
+        .iter()
+        .map(|(_, w)| w.questions_answered())
+        .sum();
+    assert!(
+        answered <= 2,
+        "workers answered {answered} questions after the client left"
+    );
+    assert_eq!(status.trees_total, 1);
+    cluster.stop().await;
+}
+
+/// Polls the coordinator's status until `done` holds (for at most 10 s).
+async fn wait_until(
+    client: &mut Client,
+    done: impl Fn(&pb::StatusResponse) -> bool,
+) -> pb::StatusResponse {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let s = client
+            .status(pb::StatusRequest {})
+            .await
+            .unwrap()
+            .into_inner();
+        if done(&s) {
+            return s;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "condition not reached: {s:?}"
+        );
+        tokio::task::yield_now().await;
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_requests_get_invalid_argument_with_a_message() {
+    let cluster = cluster(
+        1,
+        Duration::ZERO,
+        WorkerConfig::default(),
+        CoordinatorConfig::default(),
+    )
+    .await;
+    let mut client = client(&cluster).await;
+    let good = || {
+        ask(
+            DomainKind::Wildcard,
+            "010011:+1 110000:-1".into(),
+            "*1****".into(),
+            "amplified",
+        )
+    };
+    let mut cases: Vec<(pb::AskRequest, &str)> = Vec::new();
+    let mut r = good();
+    r.domain = "chess".into();
+    cases.push((r, "unknown domain \"chess\""));
+    let mut r = good();
+    r.question = "*1*2**".into();
+    cases.push((r, "'2'"));
+    let mut r = good();
+    r.instance = Some(pb::ask_request::Instance::InstanceText("010011:+2".into()));
+    cases.push((r, "+1 or -1"));
+    let mut r = good();
+    r.instance = Some(pb::ask_request::Instance::InstanceText("0".repeat(100_000)));
+    cases.push((r, "limit"));
+    let mut r = good();
+    r.instance = None;
+    cases.push((r, "no instance"));
+    let mut r = good();
+    r.budget = Some(pb::Budget {
+        max_depth: None,
+        max_nodes: Some(u64::MAX),
+        deadline_ms: None,
+    });
+    cases.push((r, "max_nodes"));
+    let mut r = good();
+    r.budget = Some(pb::Budget {
+        max_depth: Some(100_000),
+        max_nodes: None,
+        deadline_ms: None,
+    });
+    cases.push((r, "max_depth"));
+    let mut r = good();
+    r.mode = "sideways".into();
+    cases.push((r, "unknown mode"));
+    let mut r = ask(
+        DomainKind::ShortestPath,
+        "n=3: 0>1".into(),
+        "dist 0 2".into(),
+        "exact",
+    );
+    r.budget = None;
+    cases.push((r, "not well founded"));
+    let mut r = good();
+    r.instance = Some(pb::ask_request::Instance::Generated(
+        pb::GeneratedInstance { size: 500, seed: 1 },
+    ));
+    cases.push((r, "size 500"));
+    for (request, needle) in cases {
+        let status = client.ask(request.clone()).await.unwrap_err();
+        assert_eq!(
+            status.code(),
+            Code::InvalidArgument,
+            "{request:?}: {status:?}"
+        );
+        assert!(
+            status.message().contains(needle),
+            "{:?} should mention {needle:?}",
+            status.message()
+        );
+    }
+    // The coordinator is still fine.
+    let r = client.ask(good()).await.unwrap().into_inner();
+    assert_eq!(r.answer, "0");
+    cluster.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_queue_is_resource_exhausted_and_servers_stay_healthy() {
+    let worker = WorkerConfig {
+        batch: BatchConfig {
+            max_batch: 1,
+            max_wait: Duration::ZERO,
+            queue_capacity: 1,
+        },
+        ..WorkerConfig::default()
+    };
+    let cluster = cluster(
+        1,
+        Duration::from_millis(200),
+        worker,
+        CoordinatorConfig::default(),
+    )
+    .await;
+    let addr = format!("http://{}", cluster.workers[0].0.addr);
+    let d = hch::domain::wildcard::Wildcard;
+    let inst = Instance::generate(&d, 8, 1).unwrap();
+    let call = |q: &str| pb::AnswerRequest {
+        domain: "wildcard".into(),
+        instances: vec![pb::Facts {
+            id: inst.id().0.to_vec(),
+            text: d.print_facts(inst.facts()),
+        }],
+        items: vec![pb::Item {
+            instance: 0,
+            question: q.into(),
+        }],
+    };
+    let channel = tonic::transport::Endpoint::from_shared(addr)
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let calls: Vec<_> = (0..6)
+        .map(|_| {
+            let mut c = pb::worker_client::WorkerClient::new(channel.clone());
+            let request = call("01****");
+            tokio::spawn(async move { c.answer(request).await })
+        })
+        .collect();
+    let mut exhausted = 0;
+    let mut answered = 0;
+    for c in calls {
+        match c.await.unwrap() {
+            Ok(r) => {
+                assert_eq!(r.into_inner().replies.len(), 1);
+                answered += 1;
+            }
+            Err(s) => {
+                assert_eq!(s.code(), Code::ResourceExhausted, "{s:?}");
+                assert!(s.message().contains("queue is full"), "{}", s.message());
+                exhausted += 1;
+            }
+        }
+    }
+    assert!(
+        exhausted > 0,
+        "a one-slot queue should refuse some of 6 concurrent calls"
+    );
+    assert!(answered > 0);
+    // Still healthy and serving.
+    let mut health = tonic_health::pb::health_client::HealthClient::new(channel.clone());
+    let h = health
+        .check(tonic_health::pb::HealthCheckRequest {
+            service: "hch.v1.Worker".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        h.status(),
+        tonic_health::pb::health_check_response::ServingStatus::Serving
+    );
+    let mut c = pb::worker_client::WorkerClient::new(channel);
+    assert!(c.answer(call("1*****")).await.is_ok());
+
+    // A worker that is asked about facts it does not have says so, by id.
+    let by_id = pb::AnswerRequest {
+        domain: "wildcard".into(),
+        instances: vec![pb::Facts {
+            id: vec![7; 32],
+            text: String::new(),
+        }],
+        items: vec![pb::Item {
+            instance: 0,
+            question: "1*****".into(),
+        }],
+    };
+    let r = c.answer(by_id).await.unwrap().into_inner();
+    assert_eq!(r.missing_facts, vec![vec![7u8; 32]]);
+    assert!(r.replies.is_empty());
+    cluster.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_coordinator_caps_concurrent_trees() {
+    let config = CoordinatorConfig {
+        max_trees: 1,
+        ..CoordinatorConfig::default()
+    };
+    let cluster = cluster(
+        1,
+        Duration::from_millis(100),
+        WorkerConfig::default(),
+        config,
+    )
+    .await;
+    let mut first = client(&cluster).await;
+    let mut second = first.clone();
+    let d = hch::domain::permutation::Permutation;
+    let inst = Instance::generate(&d, 64, 3).unwrap();
+    let request = ask(
+        DomainKind::Permutation,
+        d.print_facts(inst.facts()),
+        "sigma^63(2)".into(),
+        "hch:3",
+    );
+    let mut stream = first
+        .ask_stream(request.clone())
+        .await
+        .unwrap()
+        .into_inner();
+    let _ = stream.message().await.unwrap(); // the first tree has started
+    let status = second.ask(request).await.unwrap_err();
+    assert_eq!(status.code(), Code::ResourceExhausted);
+    drop(stream);
+    cluster.stop().await;
+}
