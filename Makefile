@@ -16,13 +16,25 @@ else
 SETUP :=
 endif
 
-.PHONY: demo test setup bench lint
+.PHONY: demo test test-rust test-python setup bench lint
 
 demo: $(SETUP)
 	cargo run --release -- ask --domain wildcard --question '*1**0*' --mode hch:2 --answerer oracle --tree --truth
 
-test: $(SETUP)
+test: test-rust test-python
+
+test-rust: $(SETUP)
 	cargo test
+
+# A real client in another language: Python grpcio stubs generated from proto/ talk to `hch up`.
+test-python: $(SETUP) .venv/.ready
+	cargo build --bin hch
+	.venv/bin/python tests/python/client_test.py target/debug/hch
+
+.venv/.ready:
+	python3 -m venv .venv
+	.venv/bin/pip install --quiet --disable-pip-version-check grpcio grpcio-tools
+	touch $@
 
 setup: $(SETUP)
 

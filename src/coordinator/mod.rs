@@ -283,7 +283,7 @@ impl CoordinatorService {
         request: &pb::AskRequest,
         client_timeout: Option<Duration>,
     ) -> Result<Budget, ServiceError> {
-        let wire = request.budget.clone().unwrap_or_default();
+        let wire = request.budget.unwrap_or_default();
         let defaults = self.config.default_budget;
         if let Some(d) = wire.max_depth.filter(|&d| d > MAX_TREE_DEPTH) {
             return Err(ServiceError::invalid(format!(

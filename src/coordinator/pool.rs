@@ -210,7 +210,7 @@ impl Pool {
                 }
                 Err(e) => {
                     tracing::warn!(name = %name, error = %e, "cannot resolve workers");
-                    return self.workers().iter().map(|w| w.address.clone()).collect();
+                    self.workers().iter().map(|w| w.address.clone()).collect()
                 }
             },
         }

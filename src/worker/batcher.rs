@@ -130,10 +130,11 @@ async fn run<D: Domain>(
             let next = match rx.try_recv() {
                 Ok(job) => Some(job),
                 Err(mpsc::error::TryRecvError::Empty) if !config.max_wait.is_zero() => {
-                    match tokio::time::timeout_at(fill_until, rx.recv()).await {
-                        Ok(job) => job,
-                        Err(_) => None,
-                    }
+                    // Past `fill_until` the batch goes as it is.
+                    tokio::time::timeout_at(fill_until, rx.recv())
+                        .await
+                        .ok()
+                        .flatten()
                 }
                 Err(_) => None,
             };
