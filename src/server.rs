@@ -3,7 +3,7 @@
 //! process (`hch up`, the demo, and the integration tests).
 //!
 //! Shutdown is graceful: when the shutdown future resolves the server stops accepting, lets
-//! requests in flight finish, then returns.
+//! requests in flight finish (for at most [`SHUTDOWN_GRACE`]), then returns.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -22,6 +22,41 @@ use crate::rpc::{limits, pb};
 use crate::worker::{Serving, Worker, WorkerConfig, WorkerService};
 
 type ServeResult = Result<(), tonic::transport::Error>;
+
+/// After shutdown begins, requests in flight get this long to finish; then the remaining
+/// connections (long-lived streams such as health watches) are closed.
+pub const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Runs `serve` (built with the given shutdown signal) and returns when it has finished, or
+/// [`SHUTDOWN_GRACE`] after shutdown began, whichever is first.
+async fn with_grace<F, S>(shutdown: S, serve: impl FnOnce(BoxedSignal) -> F) -> ServeResult
+where
+    F: Future<Output = ServeResult>,
+    S: Future<Output = ()> + Send + 'static,
+{
+    let (began_tx, began_rx) = oneshot::channel::<()>();
+    let signal: BoxedSignal = Box::pin(async move {
+        shutdown.await;
+        let _ = began_tx.send(());
+    });
+    let serve = serve(signal);
+    tokio::pin!(serve);
+    tokio::select! {
+        r = &mut serve => r,
+        _ = async {
+            if began_rx.await.is_ok() {
+                tokio::time::sleep(SHUTDOWN_GRACE).await;
+            } else {
+                std::future::pending::<()>().await;
+            }
+        } => {
+            tracing::warn!("shutdown grace period over: closing the remaining connections");
+            Ok(())
+        }
+    }
+}
+
+type BoxedSignal = std::pin::Pin<Box<dyn Future<Output = ()> + Send>>;
 
 fn reflection() -> tonic_reflection::server::v1::ServerReflectionServer<
     impl tonic_reflection::server::v1::ServerReflection,
@@ -62,13 +97,15 @@ pub async fn serve_worker(
     let service = pb::worker_server::WorkerServer::new(worker.service.clone())
         .max_decoding_message_size(limits::MAX_MESSAGE_BYTES)
         .max_encoding_message_size(limits::MAX_MESSAGE_BYTES);
-    Server::builder()
-        .tcp_nodelay(true)
-        .add_service(health)
-        .add_service(reflection())
-        .add_service(service)
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
-        .await
+    with_grace(shutdown, |signal| {
+        Server::builder()
+            .tcp_nodelay(true)
+            .add_service(health)
+            .add_service(reflection())
+            .add_service(service)
+            .serve_with_incoming_shutdown(TcpListenerStream::new(listener), signal)
+    })
+    .await
 }
 
 /// Serves a coordinator on `listener` until `shutdown` resolves.
@@ -87,13 +124,15 @@ pub async fn serve_coordinator(
     let service = pb::coordinator_server::CoordinatorServer::new(service)
         .max_decoding_message_size(limits::MAX_MESSAGE_BYTES)
         .max_encoding_message_size(limits::MAX_MESSAGE_BYTES);
-    Server::builder()
-        .tcp_nodelay(true)
-        .add_service(health)
-        .add_service(reflection())
-        .add_service(service)
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
-        .await
+    with_grace(shutdown, |signal| {
+        Server::builder()
+            .tcp_nodelay(true)
+            .add_service(health)
+            .add_service(reflection())
+            .add_service(service)
+            .serve_with_incoming_shutdown(TcpListenerStream::new(listener), signal)
+    })
+    .await
 }
 
 /// A server running in the background, stopped by [`Running::stop`] (or by dropping it).

@@ -154,6 +154,10 @@ pub async fn run(args: LoadtestArgs) -> Result<()> {
         .iter()
         .map(|(_, w)| w.questions_answered())
         .sum();
+    let (calls_before, batches_before) = cluster.workers.iter().fold((0, 0), |(c, b), (_, w)| {
+        let (wc, wb) = w.calls_and_batches();
+        (c + wc, b + wb)
+    });
     let trees = Arc::new(AtomicU64::new(0));
     let failed = Arc::new(AtomicU64::new(0));
     let seeds = Arc::new(AtomicU64::new(1));
@@ -213,6 +217,16 @@ pub async fn run(args: LoadtestArgs) -> Result<()> {
         "subquestions:         {sub_rate:>10.0} subquestions/s ({tree_rate:.0} trees/s, {} degraded or failed; tree latency {})",
         failed.load(Ordering::Relaxed),
         percentiles(lat)
+    );
+    let (calls, batches) = cluster.workers.iter().fold((0, 0), |(c, b), (_, w)| {
+        let (wc, wb) = w.calls_and_batches();
+        (c + wc, b + wb)
+    });
+    let (calls, batches) = (calls - calls_before, batches - batches_before);
+    println!(
+        "batching:             {:>10.1} subquestions per worker call, {:.1} calls per forward pass ({calls} calls)",
+        answered as f64 / calls.max(1) as f64,
+        calls as f64 / batches.max(1) as f64
     );
     println!(
         "ratio:                {:>10.1}x the raw unary rate",

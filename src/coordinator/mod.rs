@@ -75,7 +75,14 @@ trait DomainCoordinator: Send + Sync {
         budget: Budget,
         tree_id: String,
         events: Option<EventSender>,
-    ) -> BoxFuture<'_, Result<(pb::AskResponse, Option<pb::Trace>), ServiceError>>;
+    ) -> BoxFuture<'_, Result<(pb::AskResponse, Option<StoredTrace>), ServiceError>>;
+}
+
+/// A finished tree's trace, kept typed; `render` turns it into its wire form on demand.
+struct StoredTrace {
+    tree_id: String,
+    answerer: String,
+    render: Box<dyn Fn() -> pb::Trace + Send + Sync>,
 }
 
 struct Typed<D: Domain> {
@@ -106,7 +113,7 @@ impl<D: Domain + Copy> Typed<D> {
         budget: Budget,
         tree_id: String,
         events: Option<EventSender>,
-    ) -> Result<(pb::AskResponse, Option<pb::Trace>), ServiceError> {
+    ) -> Result<(pb::AskResponse, Option<StoredTrace>), ServiceError> {
         let d = &self.domain;
         let instance = match request.instance {
             Some(pb::ask_request::Instance::InstanceText(text)) => {
@@ -201,7 +208,15 @@ impl<D: Domain + Copy> Typed<D> {
             }
             None => evaluation.await,
         }?;
-        let trace = result.trace.as_ref().map(|t| trace_to_pb(d, &tree_id, t));
+        // Traces are kept typed and rendered to text only when someone asks for one.
+        let trace = result.trace.map(|t| {
+            let (domain, id, t) = (*d, tree_id.clone(), Arc::new(t));
+            StoredTrace {
+                tree_id: tree_id.clone(),
+                answerer: t.answerer.as_deref().unwrap_or("").to_string(),
+                render: Box::new(move || trace_to_pb(&domain, &id, &t)),
+            }
+        });
         let response = pb::AskResponse {
             answer: print_reply(d, &result.answer),
             known: result.answer.is_some(),
@@ -231,7 +246,7 @@ impl<D: Domain + Copy> DomainCoordinator for Typed<D> {
         budget: Budget,
         tree_id: String,
         events: Option<EventSender>,
-    ) -> BoxFuture<'_, Result<(pb::AskResponse, Option<pb::Trace>), ServiceError>> {
+    ) -> BoxFuture<'_, Result<(pb::AskResponse, Option<StoredTrace>), ServiceError>> {
         Box::pin(self.ask_typed(request, budget, tree_id, events))
     }
 }
@@ -242,7 +257,7 @@ pub struct CoordinatorService {
     pool: Arc<Pool>,
     trees: Arc<Semaphore>,
     trees_total: AtomicU64,
-    traces: Mutex<VecDeque<pb::Trace>>,
+    traces: Mutex<VecDeque<StoredTrace>>,
     config: CoordinatorConfig,
 }
 
@@ -342,7 +357,7 @@ impl CoordinatorService {
             .await?;
         if let Some(trace) = trace {
             if want_trace {
-                response.trace = Some(trace.clone());
+                response.trace = Some((trace.render)());
             }
             let mut traces = self.traces.lock().unwrap_or_else(|p| p.into_inner());
             traces.push_back(trace);
@@ -421,8 +436,7 @@ impl pb::coordinator_server::Coordinator for Arc<CoordinatorService> {
             .iter()
             .rev()
             .find(|t| t.tree_id == id)
-            .cloned()
-            .map(Response::new)
+            .map(|t| Response::new((t.render)()))
             .ok_or_else(|| {
                 ServiceError::NotFound(format!(
                     "no stored trace for tree {id:?} (the last {} are kept)",

@@ -55,6 +55,8 @@ struct Job<D: Domain> {
 /// Counters, for status and tests.
 #[derive(Default, Debug)]
 pub struct BatchStats {
+    /// Calls submitted (one per RPC).
+    pub calls: AtomicU64,
     pub batches: AtomicU64,
     pub questions: AtomicU64,
     /// Calls dropped because their caller had gone away before their batch ran.
@@ -91,6 +93,7 @@ impl<D: Domain> Batcher<D> {
         &self,
         queries: Vec<Query<D>>,
     ) -> Result<Answered<D::Answer>, ServiceError> {
+        self.stats.calls.fetch_add(1, Ordering::Relaxed);
         let (reply, answer) = oneshot::channel();
         let job = Job {
             queries,

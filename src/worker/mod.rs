@@ -396,6 +396,17 @@ impl WorkerService {
             .sum()
     }
 
+    /// (calls, batches) over all domains: calls per batch is the worker's batching factor.
+    pub fn calls_and_batches(&self) -> (u64, u64) {
+        self.domains.values().fold((0, 0), |(c, b), d| {
+            let s = d.stats();
+            (
+                c + s.calls.load(Ordering::Relaxed),
+                b + s.batches.load(Ordering::Relaxed),
+            )
+        })
+    }
+
     pub fn info(&self) -> pb::ModelInfoResponse {
         self.info.read().unwrap_or_else(|p| p.into_inner()).clone()
     }

@@ -1,0 +1,123 @@
+//! A worker serving a model registry: NOT_SERVING until a generation is promoted, then serving
+//! it, then loading a newer generation while it runs.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use hch::domain::wildcard::Wildcard;
+use hch::domain::{Domain, Instance};
+use hch::model::config::{ModelConfig, Preset};
+use hch::model::{generation, Model};
+use hch::registry::Registry;
+use hch::rpc::pb;
+use hch::server::start_worker;
+use hch::worker::{Serving, WorkerConfig};
+use tch::Device;
+use tonic_health::pb::health_check_response::ServingStatus;
+use tonic_health::pb::{health_client::HealthClient, HealthCheckRequest};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_registry_worker_serves_the_current_generation_and_hot_loads_the_next() {
+    let dir = std::env::temp_dir().join(format!("hch-test-{}-worker-registry", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let registry = Registry::open(&dir).unwrap();
+    let config = WorkerConfig {
+        reload_every: Duration::from_millis(20),
+        ..WorkerConfig::default()
+    };
+    let serving = Serving::Registry {
+        registry: dir.clone(),
+        domain: hch::domain::DomainKind::Wildcard,
+    };
+    let (running, service) = start_worker(SocketAddr::from(([127, 0, 0, 1], 0)), serving, config)
+        .await
+        .unwrap();
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", running.addr))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut health = HealthClient::new(channel.clone());
+    let mut worker = pb::worker_client::WorkerClient::new(channel);
+    let check = HealthCheckRequest {
+        service: "hch.v1.Worker".into(),
+    };
+    let status = health.check(check.clone()).await.unwrap().into_inner();
+    assert_eq!(status.status(), ServingStatus::NotServing);
+
+    let d = Wildcard;
+    let inst = Instance::generate(&d, 8, 1).unwrap();
+    let request = pb::AnswerRequest {
+        domain: "wildcard".into(),
+        instances: vec![pb::Facts {
+            id: inst.id().0.to_vec(),
+            text: d.print_facts(inst.facts()),
+        }],
+        items: vec![pb::Item {
+            instance: 0,
+            question: "01****".into(),
+        }],
+    };
+    let refused = worker.answer(request.clone()).await.unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::Unavailable, "{refused:?}");
+    let wrong_domain = pb::AnswerRequest {
+        domain: "permutation".into(),
+        ..request.clone()
+    };
+    let refused = worker.answer(wrong_domain).await.unwrap_err();
+    assert_eq!(
+        refused.code(),
+        tonic::Code::FailedPrecondition,
+        "{refused:?}"
+    );
+
+    // Publish and promote generation 0: the worker loads it and turns SERVING.
+    let model = Model::new(d, ModelConfig::preset(&d, Preset::Tiny), Device::Cpu, 1).unwrap();
+    let g0 = generation::publish(&registry, &model, None, 0, Default::default(), "g0").unwrap();
+    registry.promote(g0.generation).unwrap();
+    let mut watch = health.watch(check.clone()).await.unwrap().into_inner();
+    while let Some(s) = watch.message().await.unwrap() {
+        if s.status() == ServingStatus::Serving {
+            break;
+        }
+    }
+    drop(watch);
+    let info = worker
+        .model_info(pb::ModelInfoRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(info.generation, Some(0));
+    assert_eq!(info.answerer, "model g0");
+    let answered = worker.answer(request.clone()).await.unwrap().into_inner();
+    assert_eq!(answered.replies.len(), 1);
+    assert!(
+        answered.replies[0].known,
+        "a model always answers (it never abstains by default)"
+    );
+
+    // Generation 1 is promoted while the worker serves: it is picked up.
+    let model = Model::new(d, ModelConfig::preset(&d, Preset::Tiny), Device::Cpu, 2).unwrap();
+    let g1 = generation::publish(&registry, &model, Some(0), 10, Default::default(), "g1").unwrap();
+    registry.promote(g1.generation).unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let info = worker
+            .model_info(pb::ModelInfoRequest {})
+            .await
+            .unwrap()
+            .into_inner();
+        if info.generation == Some(1) {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "generation 1 was never loaded"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(worker.answer(request).await.is_ok());
+    assert!(service.questions_answered() >= 2);
+    running.stop().await.unwrap();
+    std::fs::remove_dir_all(dir).unwrap();
+}
