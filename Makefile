@@ -29,7 +29,7 @@ test-rust: $(SETUP)
 # A real client in another language: Python grpcio stubs generated from proto/ talk to `hch up`.
 test-python: $(SETUP) .venv/.ready
 	cargo build --bin hch
-	.venv/bin/python tests/python/client_test.py target/debug/hch
+	.venv/bin/python tests/python/client_test.py $${CARGO_TARGET_DIR:-target}/debug/hch
 
 .venv/.ready:
 	python3 -m venv .venv
