@@ -28,10 +28,11 @@ use tracing::Instrument;
 use crate::answerer::Answerer;
 use crate::domain::{parse_question_for, print_reply, Domain, DomainKind, Instance, InstanceId};
 use crate::eval::{Budget, EvalOptions, Evaluator, Mode, NodeEvent, MAX_TREE_DEPTH};
+use crate::rpc::trace_context;
 use crate::rpc::{exhausted_name, limits, pb, request_timeout, trace_to_pb, ServiceError};
 use crate::with_domain;
 use pool::Pool;
-use remote::{RemoteAnswerer, RemoteConfig};
+use remote::{RemoteAnswerer, RemoteConfig, TreeContext, CURRENT_TREE};
 
 /// Coordinator limits and defaults.
 #[derive(Clone, Debug)]
@@ -338,6 +339,7 @@ impl CoordinatorService {
         request: pb::AskRequest,
         client_timeout: Option<Duration>,
         events: Option<EventSender>,
+        parent: Option<(u128, u64)>,
     ) -> Result<pb::AskResponse, ServiceError> {
         let kind: DomainKind = request.domain.parse()?;
         let budget = self.budget(&request, client_timeout)?;
@@ -350,10 +352,25 @@ impl CoordinatorService {
         let n = self.trees_total.fetch_add(1, Ordering::Relaxed);
         let tree_id = format!("t{n}-{:08x}", rand_suffix(n));
         let want_trace = request.want_trace;
-        let span = tracing::info_span!("tree", tree = %tree_id, domain = %kind);
-        let (mut response, trace) = self.domains[&kind]
-            .ask(request, budget, tree_id, events)
-            .instrument(span)
+        // The client's trace continues here if it sent one; otherwise the tree starts a trace.
+        let trace_id = parent.map_or_else(trace_context::fresh_id, |(t, _)| t);
+        let span = tracing::info_span!(
+            "tree",
+            tree = %tree_id,
+            domain = %kind,
+            trace_id = %format_args!("{trace_id:032x}")
+        );
+        let context = TreeContext {
+            tree_id: Arc::from(tree_id.as_str()),
+            trace_id,
+        };
+        let (mut response, trace) = CURRENT_TREE
+            .scope(
+                context,
+                self.domains[&kind]
+                    .ask(request, budget, tree_id, events)
+                    .instrument(span),
+            )
             .await?;
         if let Some(trace) = trace {
             if want_trace {
@@ -386,8 +403,10 @@ impl pb::coordinator_server::Coordinator for Arc<CoordinatorService> {
         request: Request<pb::AskRequest>,
     ) -> Result<Response<pb::AskResponse>, Status> {
         let timeout = request_timeout(&request);
+        let (parent, _) = trace_context::of_request(&request);
         Ok(Response::new(
-            self.run(request.into_inner(), timeout, None).await?,
+            self.run(request.into_inner(), timeout, None, parent)
+                .await?,
         ))
     }
 
@@ -398,6 +417,7 @@ impl pb::coordinator_server::Coordinator for Arc<CoordinatorService> {
         request: Request<pb::AskRequest>,
     ) -> Result<Response<Self::AskStreamStream>, Status> {
         let timeout = request_timeout(&request);
+        let (parent, _) = trace_context::of_request(&request);
         let request = request.into_inner();
         // Validate before streaming, so bad requests get a status rather than a broken stream.
         request
@@ -412,7 +432,7 @@ impl pb::coordinator_server::Coordinator for Arc<CoordinatorService> {
             // The tree lives as long as the client listens: when the stream is dropped, `closed`
             // fires and the tree future (and its worker calls) are dropped.
             tokio::select! {
-                result = service.run(request, timeout, Some(events)) => {
+                result = service.run(request, timeout, Some(events), parent) => {
                     let message = result
                         .map(|r| pb::TreeEvent { event: Some(pb::tree_event::Event::Done(r)) })
                         .map_err(Status::from);

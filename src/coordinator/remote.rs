@@ -41,7 +41,20 @@ impl Default for RemoteConfig {
     }
 }
 
+/// The tree a leaf question comes from, set by the coordinator around each tree's evaluation.
+#[derive(Clone, Debug)]
+pub struct TreeContext {
+    pub tree_id: Arc<str>,
+    pub trace_id: u128,
+}
+
+tokio::task_local! {
+    /// The tree being evaluated in this task (read when a leaf question is queued).
+    pub static CURRENT_TREE: TreeContext;
+}
+
 struct Pending<D: Domain> {
+    tree: Option<TreeContext>,
     query: Query<D>,
     reply: oneshot::Sender<Result<Option<D::Answer>, AnswerError>>,
 }
@@ -66,11 +79,13 @@ impl<D: Domain + Copy> Answerer<D> for RemoteAnswerer<D> {
     }
 
     fn answer<'a>(&'a self, batch: &'a [Query<D>]) -> BoxFuture<'a, Answers<D::Answer>> {
+        let tree = CURRENT_TREE.try_with(|t| t.clone()).ok();
         let receivers: Vec<_> = batch
             .iter()
             .map(|query| {
                 let (reply, rx) = oneshot::channel();
                 let _ = self.queue.send(Pending {
+                    tree: tree.clone(),
                     query: query.clone(),
                     reply,
                 });
@@ -190,6 +205,7 @@ async fn send<D: Domain + Copy>(
         attempt += 1;
         let mut call = tonic::Request::new(request(&domain, &worker, &batch));
         call.set_timeout(config.call_timeout);
+        attach_trace_context(&mut call, &batch);
         let mut client = worker.client();
         let outcome = tokio::select! {
             r = client.answer(call) => r,
@@ -240,6 +256,31 @@ async fn send<D: Domain + Copy>(
         }
     }
     fail(batch, last_error);
+}
+
+/// Carries the trace context of the batch's trees to the worker (see `rpc::trace_context`).
+fn attach_trace_context<D: Domain, T>(call: &mut tonic::Request<T>, batch: &[Pending<D>]) {
+    use crate::rpc::trace_context;
+    let mut trees: Vec<&str> = batch
+        .iter()
+        .filter_map(|p| p.tree.as_ref().map(|t| &*t.tree_id))
+        .collect();
+    trees.sort_unstable();
+    trees.dedup();
+    let trace_id = batch
+        .iter()
+        .find_map(|p| p.tree.as_ref().map(|t| t.trace_id))
+        .unwrap_or_else(trace_context::fresh_id);
+    let span_id = (trace_context::fresh_id() as u64).max(1);
+    let md = call.metadata_mut();
+    if let Ok(v) = trace_context::format(trace_id, span_id).parse() {
+        md.insert(trace_context::TRACEPARENT, v);
+    }
+    // At most 32 tree ids: enough to find a tree's calls, bounded in size.
+    let listed = trees.iter().take(32).copied().collect::<Vec<_>>().join(",");
+    if let Ok(v) = listed.parse() {
+        md.insert(trace_context::TREES, v);
+    }
 }
 
 fn deliver<D: Domain>(domain: &D, batch: Vec<Pending<D>>, replies: Vec<pb::Reply>) {

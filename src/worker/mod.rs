@@ -418,7 +418,33 @@ impl pb::worker_server::Worker for Arc<WorkerService> {
         &self,
         request: Request<pb::AnswerRequest>,
     ) -> Result<Response<pb::AnswerResponse>, Status> {
+        use tracing::Instrument;
+        let (parent, trees) = crate::rpc::trace_context::of_request(&request);
         let request = request.into_inner();
+        let span = tracing::info_span!(
+            "worker.answer",
+            domain = %request.domain,
+            items = request.items.len(),
+            trace_id = %parent.map(|(t, _)| format!("{t:032x}")).unwrap_or_default(),
+            parent_span = %parent.map(|(_, s)| format!("{s:016x}")).unwrap_or_default(),
+            trees = %trees,
+        );
+        self.answer_in(request).instrument(span).await
+    }
+
+    async fn model_info(
+        &self,
+        _: Request<pb::ModelInfoRequest>,
+    ) -> Result<Response<pb::ModelInfoResponse>, Status> {
+        Ok(Response::new(self.info()))
+    }
+}
+
+impl WorkerService {
+    async fn answer_in(
+        &self,
+        request: pb::AnswerRequest,
+    ) -> Result<Response<pb::AnswerResponse>, Status> {
         let kind: DomainKind = request.domain.parse().map_err(ServiceError::from)?;
         let worker = self.domains.get(&kind).ok_or_else(|| {
             ServiceError::FailedPrecondition(format!(
@@ -427,12 +453,5 @@ impl pb::worker_server::Worker for Arc<WorkerService> {
             ))
         })?;
         Ok(Response::new(worker.answer(request).await?))
-    }
-
-    async fn model_info(
-        &self,
-        _: Request<pb::ModelInfoRequest>,
-    ) -> Result<Response<pb::ModelInfoResponse>, Status> {
-        Ok(Response::new(self.info()))
     }
 }
