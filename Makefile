@@ -27,8 +27,10 @@ test-rust: $(SETUP)
 	cargo test
 
 # A real client in another language: Python grpcio stubs generated from proto/ talk to `hch up`.
+# `cargo test --no-run` builds the binary with the same features as `cargo test` (dev-dependencies
+# unify features), so after test-rust nothing is rebuilt.
 test-python: $(SETUP) .venv/.ready
-	cargo build --bin hch
+	cargo test --no-run --quiet
 	.venv/bin/python tests/python/client_test.py $${CARGO_TARGET_DIR:-target}/debug/hch
 
 .venv/.ready:
