@@ -282,7 +282,9 @@ impl<D: Domain> Evaluator<D> {
         // Read per tree: a remote pool's identity changes when its workers load a new generation.
         let answerer_id: Option<AnswererId> = self.answerer.as_ref().map(|a| a.id());
         let tree = self.next_tree.fetch_add(1, Ordering::Relaxed);
-        let started = Instant::now();
+        // tokio's clock (which tests can pause) only where a deadline needs it; the TSC otherwise.
+        let started = quanta::Instant::now();
+        let deadline_start = budget.deadline.map(|_| Instant::now());
         let leaf_depth = mode.leaf_depth();
         let depth_limit = match (leaf_depth, budget.max_depth) {
             (Some(l), Some(b)) => l.min(b),
@@ -311,7 +313,7 @@ impl<D: Domain> Evaluator<D> {
             depth_limit,
             horizon_free: mode == Mode::Exact && budget.max_depth.is_none(),
             max_nodes: budget.max_nodes.unwrap_or(u64::MAX),
-            deadline: budget.deadline.map(|d| started + d),
+            deadline: deadline_start.zip(budget.deadline).map(|(s, d)| s + d),
             memo: self.options.memo,
             recorder: self.options.trace.then(Recorder::new),
             events,
@@ -349,7 +351,7 @@ impl<D: Domain> Evaluator<D> {
                 }
             },
         };
-        let elapsed = started.elapsed();
+        let elapsed = deadline_start.map_or_else(|| started.elapsed(), |s| s.elapsed());
         let exhausted = *ctx.exhausted.lock().unwrap_or_else(|p| p.into_inner());
         let stats = TreeStats {
             nodes: ctx.nodes.load(Ordering::Relaxed),

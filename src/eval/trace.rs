@@ -161,7 +161,7 @@ pub(crate) struct Recorder<D: Domain> {
 impl<D: Domain> Recorder<D> {
     pub fn new() -> Self {
         Self {
-            nodes: Mutex::new(Vec::with_capacity(64)),
+            nodes: Mutex::new(Vec::with_capacity(16)),
         }
     }
 
