@@ -142,20 +142,22 @@ pub fn sha256_bytes(bytes: &[u8]) -> String {
     hex::encode(Sha256::digest(bytes))
 }
 
+/// Scratch directories for unit tests.
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use std::io::Write;
+pub(crate) mod test_support {
+    use std::fs;
+    use std::path::PathBuf;
+    use std::sync::atomic::{AtomicU64, Ordering};
 
     static DIR_COUNTER: AtomicU64 = AtomicU64::new(0);
 
     /// A fresh directory under the system temp dir, removed on drop.
-    struct TestDir(PathBuf);
+    pub(crate) struct TestDir(pub(crate) PathBuf);
 
     impl TestDir {
-        fn new(name: &str) -> Self {
+        pub(crate) fn new(name: &str) -> Self {
             let dir = std::env::temp_dir().join(format!(
-                "hch-fsutil-{}-{}-{name}",
+                "hch-unit-{}-{}-{name}",
                 std::process::id(),
                 DIR_COUNTER.fetch_add(1, Ordering::Relaxed)
             ));
@@ -170,6 +172,14 @@ mod tests {
             let _ = fs::remove_dir_all(&self.0);
         }
     }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    use test_support::TestDir;
 
     fn entries(dir: &Path) -> Vec<String> {
         let mut names: Vec<String> = fs::read_dir(dir)

@@ -727,29 +727,7 @@ mod tests {
     use super::*;
     use serde_json::json;
 
-    static DIR_COUNTER: AtomicU64 = AtomicU64::new(0);
-
-    /// A fresh directory under the system temp dir, removed on drop.
-    struct TestDir(PathBuf);
-
-    impl TestDir {
-        fn new(name: &str) -> Self {
-            let dir = std::env::temp_dir().join(format!(
-                "hch-registry-{}-{}-{name}",
-                std::process::id(),
-                DIR_COUNTER.fetch_add(1, Ordering::Relaxed)
-            ));
-            let _ = fs::remove_dir_all(&dir);
-            fs::create_dir_all(&dir).unwrap();
-            TestDir(dir)
-        }
-    }
-
-    impl Drop for TestDir {
-        fn drop(&mut self) {
-            let _ = fs::remove_dir_all(&self.0);
-        }
-    }
+    use crate::fsutil::test_support::TestDir;
 
     fn new_gen(parent: Option<u64>, steps: u64) -> NewGeneration {
         NewGeneration {
