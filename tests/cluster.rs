@@ -147,14 +147,7 @@ async fn a_tree_survives_a_worker_stopped_in_its_middle() {
     );
     let mut stream = client.ask_stream(request).await.unwrap().into_inner();
     // Wait until a worker has answered a leaf: the tree is under way.
-    loop {
-        let event = stream.message().await.unwrap().expect("stream ended early");
-        if let Some(pb::tree_event::Event::Answered(a)) = event.event {
-            if a.by == "answerer" {
-                break;
-            }
-        }
-    }
+    first_leaf_answered(&mut stream).await;
     // Stop two of the three workers, abruptly.
     for _ in 0..2 {
         let (worker, _) = cluster.workers.remove(0);
@@ -191,14 +184,7 @@ async fn a_client_that_cancels_stops_the_work_on_the_workers() {
         "hch:3",
     );
     let mut stream = client.ask_stream(request).await.unwrap().into_inner();
-    loop {
-        let event = stream.message().await.unwrap().expect("stream ended early");
-        if let Some(pb::tree_event::Event::Answered(a)) = event.event {
-            if a.by == "answerer" {
-                break;
-            }
-        }
-    }
+    first_leaf_answered(&mut stream).await;
     drop(stream); // the client goes away
                   // The coordinator drops the tree and its calls; wait (bounded) until it says so.
     let status = wait_until(&mut client, |s| {
@@ -217,6 +203,18 @@ async fn a_client_that_cancels_stops_the_work_on_the_workers() {
     );
     assert_eq!(status.trees_total, 1);
     cluster.stop().await;
+}
+
+/// Reads tree events until a worker has answered a leaf (the tree is then certainly in flight).
+async fn first_leaf_answered(stream: &mut tonic::Streaming<pb::TreeEvent>) {
+    loop {
+        let event = stream.message().await.unwrap().expect("stream ended early");
+        if let Some(pb::tree_event::Event::Answered(a)) = event.event {
+            if a.by == "answerer" {
+                return;
+            }
+        }
+    }
 }
 
 /// Polls the coordinator's status until `done` holds (for at most 10 s).
