@@ -33,4 +33,5 @@ pub mod rng;
 pub mod rpc;
 pub mod server;
 pub mod text;
+pub mod train;
 pub mod worker;

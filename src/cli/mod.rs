@@ -4,6 +4,7 @@
 mod loadtest;
 mod remote;
 mod serve;
+mod train;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -47,6 +48,14 @@ enum Command {
     /// Measure subquestions per second through a coordinator and workers on loopback, against
     /// the raw rate of trivial unary gRPC calls.
     Loadtest(loadtest::LoadtestArgs),
+    /// Amplify, distill, iterate: train generations of a model from H's decompositions alone
+    /// (or, with --supervised, from the ground truth). Resumes a run directory where it stopped.
+    Train(train::TrainArgs),
+    /// Compare runs: per-generation tables, steps and time to an accuracy, and a plot (SVG).
+    Report(train::ReportArgs),
+    /// The main demo: an embedded coordinator and workers train a model from random weights
+    /// by amplification until 95% held-out accuracy, then answer questions in every mode.
+    Demo(train::DemoArgs),
 }
 
 /// Where the instance comes from: generated from (size, seed), or given as text.
@@ -148,6 +157,9 @@ pub fn main() -> Result<()> {
             Command::Coordinator(args) => serve::coordinator(args).await,
             Command::Up(args) => serve::up(args).await,
             Command::Loadtest(args) => loadtest::run(args).await,
+            Command::Train(args) => train::train(args).await,
+            Command::Report(args) => train::report(args).await,
+            Command::Demo(args) => train::demo(args).await,
         }
     })
 }

@@ -197,7 +197,7 @@ impl Domain for Assignments {
     }
 
     /// The variable's value. The question must pass [`Domain::check_question`].
-    fn truth(&self, facts: &Facts, question: &Var) -> u8 {
+    fn compute_truth(&self, facts: &Facts, question: &Var) -> u8 {
         facts.values()[question.0 as usize]
     }
 

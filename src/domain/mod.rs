@@ -28,6 +28,15 @@ use crate::eval::Ask;
 use crate::rng::Rng;
 use crate::text::ParseError;
 
+/// Calls of [`Domain::truth`] in this process, over all domains.
+static TRUTH_CALLS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// How many times the ground truth has been consulted in this process (any domain, any thread).
+/// Amplification must not move it; see the ground-truth isolation test.
+pub fn truth_calls() -> u64 {
+    TRUTH_CALLS.load(std::sync::atomic::Ordering::Relaxed)
+}
+
 /// The largest size any domain generates: the paper's full size, 64 symbols.
 pub const FULL_SIZE: usize = 64;
 
@@ -71,9 +80,17 @@ pub trait Domain: Debug + Send + Sync + Sized + 'static {
     /// parsing checks syntax only; this checks meaning.
     fn check_question(&self, facts: &Self::Facts, question: &Self::Question) -> Result<(), String>;
 
-    /// The correct answer. For evaluation and the oracle answerer only: it must never feed the
-    /// target-producing path.
-    fn truth(&self, facts: &Self::Facts, question: &Self::Question) -> Self::Answer;
+    /// The correct answer. For evaluation, the oracle answerer and the supervised baseline only: it
+    /// must never feed the target-producing path of amplification. Every call is counted
+    /// ([`truth_calls`]), which is how a test proves that it does not.
+    fn truth(&self, facts: &Self::Facts, question: &Self::Question) -> Self::Answer {
+        TRUTH_CALLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.compute_truth(facts, question)
+    }
+
+    /// The ground truth itself, which each domain implements. Call [`Domain::truth`] instead, so
+    /// that the call is counted.
+    fn compute_truth(&self, facts: &Self::Facts, question: &Self::Question) -> Self::Answer;
 
     /// The overseer H: answers `question` from the facts if it is simple, or asks subquestions
     /// through `ask` (adaptively, and in parallel where they are independent) and combines their
@@ -172,7 +189,7 @@ pub fn check_size_for(kind: DomainKind, size: usize) -> Result<(), DomainError> 
     crate::with_domain!(kind, d => check_size_of(&d, size))
 }
 
-fn check_size_of<D: Domain>(_: &D, size: usize) -> Result<(), DomainError> {
+pub fn check_size_of<D: Domain>(_: &D, size: usize) -> Result<(), DomainError> {
     check_size::<D>(size)
 }
 

@@ -111,7 +111,7 @@ impl Domain for Permutation {
     }
 
     /// σ applied `k` times to `x`. The question must pass [`Domain::check_question`].
-    fn truth(&self, facts: &Facts, question: &Power) -> u8 {
+    fn compute_truth(&self, facts: &Facts, question: &Power) -> u8 {
         (0..question.k).fold(question.x, |y, _| facts.images[y as usize])
     }
 

@@ -272,7 +272,7 @@ impl Domain for ShortestPath {
         Ok(())
     }
 
-    fn truth(&self, facts: &Facts, question: &Question) -> Answer {
+    fn compute_truth(&self, facts: &Facts, question: &Question) -> Answer {
         let (a, b) = question.pair();
         let dist = facts.distances_to(b);
         match (*question, dist[a as usize]) {

@@ -380,7 +380,7 @@ impl Domain for UnionFind {
         Ok(())
     }
 
-    fn truth(&self, facts: &Facts, question: &Question) -> Answer {
+    fn compute_truth(&self, facts: &Facts, question: &Question) -> Answer {
         let x = question.variable() as usize;
         match question {
             Question::Value(_) => Answer::Value(facts.class_value[x]),

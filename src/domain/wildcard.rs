@@ -175,7 +175,7 @@ impl Domain for Wildcard {
         Ok(())
     }
 
-    fn truth(&self, facts: &Facts, question: &Pattern) -> i32 {
+    fn compute_truth(&self, facts: &Facts, question: &Pattern) -> i32 {
         facts
             .strings()
             .filter(|&(s, _)| question.matches(s))

@@ -141,6 +141,16 @@ impl<D: Domain> Model<D> {
         &self.domain
     }
 
+    /// An independent copy with the same weights (for evaluating a model while training goes on).
+    pub fn duplicate(&self) -> Result<Self, ModelError>
+    where
+        D: Clone,
+    {
+        let mut copy = Self::new(self.domain.clone(), self.config.clone(), self.device(), 0)?;
+        tch::no_grad(|| copy.vs.copy(&self.vs))?;
+        Ok(copy)
+    }
+
     pub fn config(&self) -> &ModelConfig {
         &self.config
     }

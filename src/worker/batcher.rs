@@ -206,3 +206,50 @@ async fn run<D: Domain>(
         }
     }
 }
+
+/// A [`Batcher`] behind the [`Answerer`] interface, for in-process use: the trees of a local
+/// evaluation (the trainer's amplification and held-out evaluation) share forward passes the way
+/// a worker's callers do.
+pub struct BatchedAnswerer<D: Domain> {
+    answerer: SharedAnswerer<D>,
+    batcher: Batcher<D>,
+}
+
+impl<D: Domain> BatchedAnswerer<D> {
+    /// Starts a batcher over `answerer` on the current tokio runtime.
+    pub fn start(answerer: Arc<dyn Answerer<D>>, config: BatchConfig) -> Self {
+        let answerer: SharedAnswerer<D> = Arc::new(RwLock::new(answerer));
+        Self {
+            batcher: Batcher::start(answerer.clone(), config),
+            answerer,
+        }
+    }
+
+    /// Replaces the answerer between batches (a newly promoted generation).
+    pub fn replace(&self, answerer: Arc<dyn Answerer<D>>) {
+        *self.answerer.write().unwrap_or_else(|p| p.into_inner()) = answerer;
+    }
+
+    pub fn stats(&self) -> &BatchStats {
+        &self.batcher.stats
+    }
+}
+
+impl<D: Domain> Answerer<D> for BatchedAnswerer<D> {
+    fn id(&self) -> crate::answerer::AnswererId {
+        self.answerer.read().unwrap_or_else(|p| p.into_inner()).id()
+    }
+
+    fn answer<'a>(
+        &'a self,
+        batch: &'a [Query<D>],
+    ) -> futures::future::BoxFuture<'a, crate::answerer::Answers<D::Answer>> {
+        Box::pin(async move {
+            match self.batcher.submit(batch.to_vec()).await {
+                Ok(answered) => Ok(answered.answers),
+                Err(ServiceError::ResourceExhausted(m)) => Err(AnswerError::Overloaded(m)),
+                Err(e) => Err(AnswerError::Unavailable(e.to_string())),
+            }
+        })
+    }
+}

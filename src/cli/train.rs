@@ -1,0 +1,619 @@
+//! `hch train`, `hch report` and `hch demo`: the amplify-distill loop from the command line.
+
+use std::io::{IsTerminal, Write};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use clap::Args;
+
+use crate::coordinator::pool::PoolConfig;
+use crate::coordinator::CoordinatorConfig;
+use crate::domain::{Domain, DomainKind};
+use crate::model::config::{ModelConfig, Preset};
+use crate::model::train::TrainConfig;
+use crate::rpc::pb;
+use crate::server::Cluster;
+use crate::train::report::{self, RunSummary};
+use crate::train::{
+    GroundTruth, LocalAmplifier, Progress, RemoteAmplifier, RoundRecord, Run, RunConfig, StopAt,
+    TargetSource, RUN_FILE, RUN_FORMAT,
+};
+use crate::with_domain;
+use crate::worker::{Serving, WorkerConfig};
+
+/// The run's settings (fixed when a run starts; a resumed run must be given the same).
+#[derive(Args, Debug, Clone)]
+pub struct RunArgs {
+    /// The domain: permutation, assignments, wildcard, shortest-path or union-find.
+    #[arg(short, long, default_value = "wildcard")]
+    pub domain: DomainKind,
+    /// Train on the ground truth instead of amplified answers (the supervised baseline).
+    #[arg(long)]
+    pub supervised: bool,
+    /// Instance size the run is for: held-out accuracy is reported at it.
+    #[arg(long, default_value_t = 8)]
+    pub size: usize,
+    /// Curriculum: first instance size (default: half the target size).
+    #[arg(long)]
+    pub start_size: Option<usize>,
+    /// Curriculum: size increment (default: a quarter of the target size).
+    #[arg(long)]
+    pub size_step: Option<usize>,
+    /// Curriculum: held-out accuracy at the current size that moves to the next size.
+    #[arg(long, default_value_t = 0.9)]
+    pub advance_at: f64,
+    /// Root questions amplified per round.
+    #[arg(long, default_value_t = 512)]
+    pub roots: usize,
+    /// Below each root, amplify a random path of subquestions this many levels deep (targets
+    /// at every depth of the trees X answers in).
+    #[arg(long, default_value_t = 16)]
+    pub descent: usize,
+    /// Roots per committed target shard.
+    #[arg(long, default_value_t = 256)]
+    pub roots_per_part: usize,
+    /// Optimiser steps per round.
+    #[arg(long, default_value_t = 200)]
+    pub steps: usize,
+    /// Held-out questions per evaluated size.
+    #[arg(long, default_value_t = 512)]
+    pub heldout: usize,
+    /// A generation more than this much less accurate than its predecessor is not promoted.
+    #[arg(long, default_value_t = 0.02)]
+    pub tolerance: f64,
+    /// Model size: tiny, medium or paper.
+    #[arg(long, default_value = "tiny")]
+    pub model: Preset,
+    /// The model answers "unknown" below this confidence. Amplification needs it: H gets an
+    /// unknown subanswer instead of a guess, so early rounds produce targets only where X is
+    /// already sure, and wrong guesses do not become targets.
+    #[arg(long, default_value_t = 0.5)]
+    pub abstain_below: f64,
+    #[arg(long, default_value_t = 2e-3)]
+    pub learning_rate: f64,
+    #[arg(long, default_value_t = 64)]
+    pub batch: usize,
+    /// Minibatches are drawn from the newest this-many targets.
+    #[arg(long, default_value_t = 16_384)]
+    pub replay_window: usize,
+    /// Seed of the run (instances, questions, initial weights).
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+}
+
+impl RunArgs {
+    fn config<D: Domain>(&self, domain: &D) -> RunConfig {
+        let start_size = self
+            .start_size
+            .unwrap_or((self.size / 2).max(D::MIN_SIZE).min(self.size));
+        RunConfig {
+            format: RUN_FORMAT,
+            domain: D::KIND.name().to_string(),
+            supervised: self.supervised,
+            seed: self.seed,
+            start_size,
+            target_size: self.size,
+            size_step: self.size_step.unwrap_or((self.size / 4).max(1)),
+            advance_at: self.advance_at,
+            roots_per_round: self.roots,
+            descent: self.descent,
+            roots_per_part: self.roots_per_part,
+            steps_per_round: self.steps,
+            heldout: self.heldout,
+            gate_tolerance: self.tolerance,
+            model: ModelConfig {
+                unknown_below: self.abstain_below,
+                ..ModelConfig::preset(domain, self.model)
+            },
+            train: TrainConfig {
+                learning_rate: self.learning_rate,
+                batch_size: self.batch,
+                grad_clip: 1.0,
+                replay_window: self.replay_window,
+                seed: self.seed,
+            },
+        }
+    }
+}
+
+/// Where amplified trees are evaluated.
+#[derive(Args, Debug, Clone)]
+pub struct EngineArgs {
+    /// Start this many workers (and a coordinator) in this process, on loopback; they serve
+    /// the run's registry and load each promoted generation.
+    #[arg(long, default_value_t = 2)]
+    pub workers: usize,
+    /// Use a running coordinator instead; its workers must serve this run's registry
+    /// (`hch worker --registry RUN/registry --domain D`).
+    #[arg(long, conflicts_with = "local")]
+    pub coordinator: Option<String>,
+    /// Evaluate trees in this process without gRPC (fastest on one machine).
+    #[arg(long)]
+    pub local: bool,
+}
+
+/// When to stop (limits count the whole run, across resumes).
+#[derive(Args, Debug, Clone)]
+pub struct StopArgs {
+    /// Stop after this many rounds in total.
+    #[arg(long)]
+    pub rounds: Option<u64>,
+    /// Stop once a promoted generation reaches this held-out accuracy at the target size.
+    #[arg(long)]
+    pub until: Option<f64>,
+    /// Stop after this many minutes of training in total.
+    #[arg(long)]
+    pub max_minutes: Option<f64>,
+}
+
+impl StopArgs {
+    fn stop_at(&self) -> Result<StopAt> {
+        if let Some(a) = self.until.filter(|a| !(0.0..=1.0).contains(a)) {
+            bail!("--until takes an accuracy between 0 and 1, got {a}");
+        }
+        if let Some(m) = self.max_minutes.filter(|m| !m.is_finite() || *m < 0.0) {
+            bail!("--max-minutes must be a non-negative number, got {m}");
+        }
+        if self.rounds.is_none() && self.until.is_none() && self.max_minutes.is_none() {
+            bail!("say when to stop: --rounds N, --until ACCURACY and/or --max-minutes M");
+        }
+        Ok(StopAt {
+            rounds: self.rounds,
+            accuracy: self.until,
+            wall: self.max_minutes.map(|m| Duration::from_secs_f64(m * 60.0)),
+        })
+    }
+}
+
+#[derive(Args, Debug)]
+pub struct TrainArgs {
+    /// The run directory (created, or resumed if it holds a run).
+    #[arg(long)]
+    pub run: Option<PathBuf>,
+    #[command(flatten)]
+    pub settings: RunArgs,
+    #[command(flatten)]
+    pub engine: EngineArgs,
+    #[command(flatten)]
+    pub stop: StopArgs,
+}
+
+#[derive(Args, Debug)]
+pub struct ReportArgs {
+    /// Run directories to compare.
+    #[arg(required = true)]
+    pub runs: Vec<PathBuf>,
+    /// Accuracy for "steps to" and "time to".
+    #[arg(long, default_value_t = 0.95)]
+    pub accuracy: f64,
+    /// Where to write the plot (default: report.svg in the first run directory).
+    #[arg(long)]
+    pub svg: Option<PathBuf>,
+}
+
+#[derive(Args, Debug)]
+pub struct DemoArgs {
+    /// The demo's run directory; an earlier demo there is replaced.
+    #[arg(long, default_value = "runs/demo")]
+    pub dir: PathBuf,
+    /// Continue the demo run in --dir instead of starting afresh.
+    #[arg(long)]
+    pub resume: bool,
+    /// Give up after this many minutes.
+    #[arg(long, default_value_t = 10.0)]
+    pub max_minutes: f64,
+    /// Embedded workers.
+    #[arg(long, default_value_t = 2)]
+    pub workers: usize,
+}
+
+/// Progress on stderr: a redrawn bar on a terminal, a line per phase otherwise.
+struct ProgressView {
+    tty: bool,
+    started: Instant,
+    round: u64,
+    size: usize,
+    amplifier: u64,
+    last_line: String,
+    table_header_done: bool,
+}
+
+impl ProgressView {
+    fn new() -> Self {
+        Self {
+            tty: std::io::stderr().is_terminal(),
+            started: Instant::now(),
+            round: 0,
+            size: 0,
+            amplifier: 0,
+            last_line: String::new(),
+            table_header_done: false,
+        }
+    }
+
+    fn bar(done: usize, total: usize) -> String {
+        const WIDTH: usize = 24;
+        let filled = (WIDTH * done)
+            .checked_div(total)
+            .unwrap_or(WIDTH)
+            .min(WIDTH);
+        format!("[{}{}]", "#".repeat(filled), " ".repeat(WIDTH - filled))
+    }
+
+    fn status(&mut self, phase: &str, done: usize, total: usize, extra: &str) {
+        let line = format!(
+            "round {:>3}  size {:>2}  X=g{:<3} {phase:<9} {} {done:>5}/{total:<5} {extra}",
+            self.round,
+            self.size,
+            self.amplifier,
+            Self::bar(done, total)
+        );
+        if self.tty {
+            eprint!("\r{line:<100}");
+            let _ = std::io::stderr().flush();
+        } else if done == total {
+            eprintln!("{line}");
+        }
+        self.last_line = line;
+    }
+
+    fn clear(&mut self) {
+        if self.tty && !self.last_line.is_empty() {
+            eprint!("\r{:<100}\r", "");
+        }
+        self.last_line.clear();
+    }
+
+    fn on(&mut self, p: Progress) {
+        match p {
+            Progress::Round {
+                round,
+                size,
+                amplifier,
+            } => {
+                self.round = round;
+                self.size = size;
+                self.amplifier = amplifier;
+            }
+            Progress::Targets { done, total } => self.status("amplify", done, total, ""),
+            Progress::Training { done, total, loss } => {
+                self.status("distill", done, total, &format!("loss {loss:.3}"))
+            }
+            Progress::Evaluating => self.status("evaluate", 0, 1, ""),
+            Progress::Published(r) => {
+                self.clear();
+                if !self.table_header_done {
+                    eprintln!(
+                        "{:>4} {:>4} {:>7} {:>6} {:>9} {:>10} {:>9} {:>6} {:>8} {:>7}",
+                        "gen",
+                        "size",
+                        "targets",
+                        "steps",
+                        "acc@size",
+                        "acc@target",
+                        "amplified",
+                        "gap",
+                        "promoted",
+                        "time"
+                    );
+                    self.table_header_done = true;
+                }
+                eprintln!("{}", table_row(&r, self.started.elapsed()));
+            }
+        }
+    }
+}
+
+fn table_row(r: &RoundRecord, _elapsed: Duration) -> String {
+    let pct = |x: f64| {
+        if x.is_finite() {
+            format!("{:.1}%", 100.0 * x)
+        } else {
+            "-".into()
+        }
+    };
+    format!(
+        "{:>4} {:>4} {:>7} {:>6} {:>9} {:>10} {:>9} {:>6} {:>8} {:>6.0}s",
+        format!("g{}", r.generation),
+        r.size,
+        r.targets,
+        r.steps,
+        pct(r.accuracy),
+        pct(r.accuracy_target),
+        pct(r.amplified_target),
+        if r.gap.is_finite() {
+            format!("{:+.1}", 100.0 * r.gap)
+        } else {
+            "-".into()
+        },
+        if r.promoted { "yes" } else { "no" },
+        r.wall_seconds
+    )
+}
+
+/// Starts `workers` workers serving `registry` and a coordinator over them, tuned to pick up a
+/// promoted generation quickly.
+async fn embedded_cluster(workers: usize, registry: &Path, domain: DomainKind) -> Result<Cluster> {
+    if workers == 0 {
+        bail!("--workers must be at least 1 (or use --local or --coordinator)");
+    }
+    Cluster::start(
+        workers,
+        Serving::Registry {
+            registry: registry.to_path_buf(),
+            domain,
+        },
+        WorkerConfig {
+            reload_every: Duration::from_millis(50),
+            ..WorkerConfig::default()
+        },
+        SocketAddr::from(([127, 0, 0, 1], 0)),
+        PoolConfig {
+            refresh_every: Duration::from_millis(50),
+            ..PoolConfig::default()
+        },
+        CoordinatorConfig::default(),
+    )
+    .await
+    .context("starting the embedded coordinator and workers")
+}
+
+/// Trains `run` with the source its settings and `engine` call for; returns the records of this
+/// invocation and the embedded cluster, if one was started (still running).
+async fn train_run<D: Domain + Copy>(
+    domain: D,
+    run: &mut Run<D>,
+    engine: &EngineArgs,
+    stop: StopAt,
+    view: &mut ProgressView,
+) -> Result<(Vec<RoundRecord>, Option<Cluster>)> {
+    let mut on = |p: Progress| view.on(p);
+    run.initialise(&mut on)?;
+    let mut cluster = None;
+    let source: Box<dyn TargetSource<D>> = if run.config().supervised {
+        Box::new(GroundTruth::new(domain))
+    } else if engine.local {
+        let current = run.registry().current()?.unwrap_or(0);
+        let manifest = run.registry().load(current)?.manifest;
+        Box::new(LocalAmplifier::start(
+            domain,
+            run.registry().clone(),
+            &manifest,
+        )?)
+    } else {
+        let address = match &engine.coordinator {
+            Some(a) => a.clone(),
+            None => {
+                let c = embedded_cluster(engine.workers, run.registry().root(), D::KIND).await?;
+                let a = c.coordinator.addr.to_string();
+                eprintln!(
+                    "embedded coordinator on {a} with {} workers serving {}",
+                    engine.workers,
+                    run.registry().root().display()
+                );
+                cluster = Some(c);
+                a
+            }
+        };
+        Box::new(RemoteAmplifier::connect(domain, &address).await?)
+    };
+    let records = run.train(source.as_ref(), stop, &mut on).await?;
+    Ok((records, cluster))
+}
+
+pub async fn train(args: TrainArgs) -> Result<()> {
+    let stop = args.stop.stop_at()?;
+    let kind = args.settings.domain;
+    let dir = args.run.clone().unwrap_or_else(|| {
+        PathBuf::from(format!(
+            "runs/{}-{}",
+            kind.name(),
+            if args.settings.supervised {
+                "supervised"
+            } else {
+                "amplified"
+            }
+        ))
+    });
+    with_domain!(kind, domain => {
+        let config = args.settings.config(&domain);
+        let mut run = Run::open(domain, &dir, config)?;
+        eprintln!("run directory {}", dir.display());
+        let mut view = ProgressView::new();
+        let (_, cluster) = train_run(domain, &mut run, &args.engine, stop, &mut view).await?;
+        if let Some(c) = cluster {
+            c.stop().await;
+        }
+        finish_report(&[dir.clone()], 0.95, None)?;
+        Ok(())
+    })
+}
+
+/// Prints the comparison and per-run tables and writes the plot; returns the plot's path.
+fn finish_report(dirs: &[PathBuf], accuracy: f64, svg: Option<PathBuf>) -> Result<PathBuf> {
+    let runs: Vec<RunSummary> = dirs
+        .iter()
+        .map(|d| RunSummary::read(d))
+        .collect::<Result<_, _>>()?;
+    let mut text = String::new();
+    for run in &runs {
+        text.push_str(&format!("## {}\n\n", run.label()));
+        text.push_str(&report::generation_table(run));
+        text.push('\n');
+    }
+    text.push_str(&report::comparison(&runs, accuracy));
+    let svg_path = svg.unwrap_or_else(|| dirs[0].join("report.svg"));
+    crate::fsutil::write_atomic(&svg_path, report::svg(&runs).as_bytes())
+        .with_context(|| format!("writing {}", svg_path.display()))?;
+    let md_path = svg_path.with_extension("md");
+    crate::fsutil::write_atomic(&md_path, text.as_bytes())
+        .with_context(|| format!("writing {}", md_path.display()))?;
+    println!("{text}");
+    println!(
+        "plot: {}\ntables: {}",
+        svg_path.display(),
+        md_path.display()
+    );
+    Ok(svg_path)
+}
+
+pub async fn report(args: ReportArgs) -> Result<()> {
+    if !(0.0..=1.0).contains(&args.accuracy) {
+        bail!("--accuracy must lie between 0 and 1");
+    }
+    finish_report(&args.runs, args.accuracy, args.svg)?;
+    Ok(())
+}
+
+/// The demo's settings: wildcard search, instances of 4 growing to 8 strings, a tiny model.
+fn demo_settings() -> RunArgs {
+    RunArgs {
+        domain: DomainKind::Wildcard,
+        supervised: false,
+        size: 8,
+        start_size: Some(4),
+        size_step: Some(2),
+        advance_at: 0.9,
+        roots: 512,
+        descent: 16,
+        roots_per_part: 256,
+        steps: 200,
+        heldout: 512,
+        tolerance: 0.02,
+        model: Preset::Tiny,
+        abstain_below: 0.5,
+        learning_rate: 2e-3,
+        batch: 64,
+        replay_window: 16_384,
+        seed: 1,
+    }
+}
+
+pub async fn demo(args: DemoArgs) -> Result<()> {
+    let dir = args.dir.clone();
+    if dir.exists() && !args.resume {
+        if !dir.join(RUN_FILE).exists() {
+            bail!(
+                "{} exists but does not hold a run: refusing to replace it (pick another --dir)",
+                dir.display()
+            );
+        }
+        std::fs::remove_dir_all(&dir)
+            .with_context(|| format!("removing the previous demo in {}", dir.display()))?;
+        eprintln!("replaced the previous demo in {}", dir.display());
+    }
+    let settings = demo_settings();
+    let domain = crate::domain::wildcard::Wildcard;
+    let config = settings.config(&domain);
+    eprintln!(
+        "hch demo: iterated amplification on wildcard search, from random weights.\n  \
+         H splits a pattern's first * into 0 and 1 and adds the answers; X (a {}-parameter \
+         transformer) is distilled from Amplify(H, X) alone, on instances of {} growing to {} \
+         strings.\n  Goal: 95% held-out accuracy at size {}. Run directory: {}\n",
+        crate::model::Model::new(domain, config.model.clone(), tch::Device::Cpu, 0)?.parameters(),
+        config.start_size,
+        config.target_size,
+        config.target_size,
+        dir.display()
+    );
+    let mut run = Run::open(domain, &dir, config)?;
+    let mut view = ProgressView::new();
+    let engine = EngineArgs {
+        workers: args.workers,
+        coordinator: None,
+        local: false,
+    };
+    let stop = StopAt {
+        rounds: None,
+        accuracy: Some(0.95),
+        wall: Some(Duration::from_secs_f64(args.max_minutes * 60.0)),
+    };
+    let (_, cluster) = train_run(domain, &mut run, &engine, stop, &mut view).await?;
+    let cluster = cluster.expect("the demo starts an embedded cluster");
+    let summary = RunSummary::read(&dir)?;
+    eprintln!();
+    match summary.reached(0.95) {
+        Some(r) => eprintln!(
+            "reached {:.1}% held-out accuracy at size {} with generation g{} after {} steps, \
+             {:.0} s of training.",
+            100.0 * r.accuracy_target,
+            summary.config.target_size,
+            r.generation,
+            r.steps,
+            r.wall_seconds
+        ),
+        None => eprintln!(
+            "did not reach 95% within {} minutes; the best generation is in the table above.",
+            args.max_minutes
+        ),
+    }
+    let result = ask_examples(&cluster, domain, summary.config.target_size).await;
+    cluster.stop().await;
+    result?;
+    finish_report(&[dir.clone()], 0.95, None)?;
+    println!(
+        "run directory: {} (registry/, targets/, report.svg)",
+        dir.display()
+    );
+    Ok(())
+}
+
+/// A few held-out questions in each mode through the coordinator, then one tree.
+async fn ask_examples<D: Domain + Copy>(cluster: &Cluster, domain: D, size: usize) -> Result<()> {
+    let addr = format!("http://{}", cluster.coordinator.addr);
+    let mut client = pb::coordinator_client::CoordinatorClient::connect(addr).await?;
+    println!(
+        "\nAsking the cluster (X = the promoted generation; truth from the oracle, for show):"
+    );
+    let mut rng = crate::rng::Rng::new(0x0de);
+    for i in 0..3u64 {
+        let seed = (1 << 61) + i;
+        let instance = crate::domain::Instance::generate(&domain, size, seed)?;
+        let question = domain.sample_question(instance.facts(), &mut rng);
+        let truth = domain.print_answer(&domain.truth(instance.facts(), &question));
+        println!(
+            "  {}  {}  (true answer {truth})",
+            domain.print_facts(instance.facts()),
+            domain.print_question(&question)
+        );
+        for mode in ["distilled", "amplified", "hch:2", "exact"] {
+            let response = client
+                .ask(pb::AskRequest {
+                    domain: D::KIND.name().to_string(),
+                    instance: Some(pb::ask_request::Instance::Generated(
+                        pb::GeneratedInstance {
+                            size: size as u32,
+                            seed,
+                        },
+                    )),
+                    question: domain.print_question(&question),
+                    mode: mode.to_string(),
+                    budget: None,
+                    want_trace: i == 0 && mode == "hch:2",
+                })
+                .await
+                .map_err(|s| anyhow::anyhow!("{mode}: {}", s.message()))?
+                .into_inner();
+            let stats = response.stats.unwrap_or_default();
+            println!(
+                "    {mode:<10} {:>4} {}  ({} nodes)",
+                response.answer,
+                if response.answer == truth {
+                    "ok"
+                } else {
+                    "WRONG"
+                },
+                stats.nodes
+            );
+            if let Some(trace) = response.trace {
+                println!("    the hch:2 tree:");
+                for line in super::remote::render(&trace).lines() {
+                    println!("      {line}");
+                }
+            }
+        }
+    }
+    Ok(())
+}
