@@ -234,12 +234,9 @@ impl Pool {
                 }
             }
         }
-        futures::future::join_all(
-            next.iter()
-                .filter(|w| w.info().is_none() || !w.is_up())
-                .map(|w| w.refresh()),
-        )
-        .await;
+        // Every worker, not only those without info: a worker that hot-loads a new generation
+        // changes its answerer, and with it the memo key of every tree sent to it.
+        futures::future::join_all(next.iter().map(|w| w.refresh())).await;
         *self.workers.write().unwrap_or_else(|p| p.into_inner()) = next;
     }
 

@@ -228,7 +228,7 @@ impl<D: Domain + Copy> RemoteAmplifier<D> {
             domain,
             client: CoordinatorClient::new(channel)
                 .max_decoding_message_size(crate::rpc::limits::MAX_MESSAGE_BYTES),
-            load_timeout: Duration::from_secs(120),
+            load_timeout: Duration::from_secs(20),
         })
     }
 
@@ -312,23 +312,33 @@ impl<D: Domain + Copy> TargetSource<D> for RemoteAmplifier<D> {
                     .await
                     .map_err(|s| TrainError::Source(format!("coordinator: {}", s.message())))?
                     .into_inner();
-                let serving = status
+                let total = status.workers.len();
+                let ready = status
                     .workers
                     .iter()
-                    .filter(|w| w.domains.iter().any(|d| d == D::KIND.name()));
-                let (mut total, mut ready) = (0, 0);
-                for w in serving {
-                    total += 1;
-                    ready += (w.healthy && w.answerer == want) as usize;
-                }
+                    .filter(|w| w.healthy && w.answerer == want)
+                    .count();
                 if total > 0 && ready == total {
                     return Ok(());
                 }
                 if tokio::time::Instant::now() > deadline {
+                    let seen: Vec<String> = status
+                        .workers
+                        .iter()
+                        .map(|w| {
+                            format!(
+                                "{} {} serving {:?}",
+                                w.address,
+                                if w.healthy { "up" } else { "down" },
+                                w.answerer
+                            )
+                        })
+                        .collect();
                     return Err(TrainError::Source(format!(
-                        "after {:?}, {ready} of {total} workers serve {want}: are they watching \
-                         this run's registry?",
-                        self.load_timeout
+                        "after {:?}, {ready} of {total} workers serve {want} ({}): are they \
+                         watching this run's registry?",
+                        self.load_timeout,
+                        seen.join(", ")
                     )));
                 }
             }

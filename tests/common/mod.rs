@@ -103,3 +103,32 @@ impl<D: Domain> Answerer<D> for Gated<D> {
         })
     }
 }
+
+/// Settings for a tiny training run that finishes a round in seconds in a debug build.
+pub fn tiny_run<D: Domain>(domain: &D, size: usize, supervised: bool) -> hch::train::RunConfig {
+    use hch::model::config::{ModelConfig, Preset};
+    hch::train::RunConfig {
+        format: hch::train::RUN_FORMAT,
+        domain: D::KIND.name().to_string(),
+        supervised,
+        seed: 7,
+        start_size: size,
+        target_size: size,
+        size_step: 1,
+        advance_at: 0.9,
+        roots_per_round: 128,
+        descent: 8,
+        roots_per_part: 64,
+        steps_per_round: 60,
+        heldout: 128,
+        gate_tolerance: 0.05,
+        model: ModelConfig::preset(domain, Preset::Tiny),
+        train: hch::model::train::TrainConfig {
+            learning_rate: 2e-3,
+            batch_size: 32,
+            grad_clip: 1.0,
+            replay_window: 4096,
+            seed: 7,
+        },
+    }
+}
