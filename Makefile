@@ -19,23 +19,25 @@ endif
 .PHONY: demo test test-rust test-python setup bench lint
 
 demo: $(SETUP)
-	cargo run --release -- ask --domain wildcard --question '*1**0*' --mode hch:2 --answerer oracle --tree --truth
+	cargo run --release -- demo
 
 test: test-rust test-python
 
 test-rust: $(SETUP)
 	cargo test
 
-# A real client in another language: Python grpcio stubs generated from proto/ talk to `hch up`.
+# A real client in another language: Python grpcio stubs generated from proto/ talk to `hch up`;
+# and pyarrow reads the Parquet training targets `hch train` writes.
 # `cargo test --no-run` builds the binary with the same features as `cargo test` (dev-dependencies
 # unify features), so after test-rust nothing is rebuilt.
 test-python: $(SETUP) .venv/.ready
 	cargo test --no-run --quiet
 	.venv/bin/python tests/python/client_test.py $${CARGO_TARGET_DIR:-target}/debug/hch
+	.venv/bin/python tests/python/targets_test.py $${CARGO_TARGET_DIR:-target}/debug/hch
 
 .venv/.ready:
 	python3 -m venv .venv
-	.venv/bin/pip install --quiet --disable-pip-version-check grpcio grpcio-tools
+	.venv/bin/pip install --quiet --disable-pip-version-check grpcio grpcio-tools pyarrow
 	touch $@
 
 setup: $(SETUP)

@@ -22,8 +22,12 @@ async fn amplified_targets_never_consult_the_ground_truth() {
         ..StopAt::default()
     };
 
-    let mut run = Run::open(domain, dir.join("amplified"), common::tiny_run(&domain, 6, false))
-        .unwrap();
+    let mut run = Run::open(
+        domain,
+        dir.join("amplified"),
+        common::tiny_run(&domain, 6, false),
+    )
+    .unwrap();
     let g0 = run.initialise(&mut |_| {}).unwrap();
     let source = LocalAmplifier::start(domain, run.registry().clone(), &g0).unwrap();
     let records = run.train(&source, stop, &mut |_| {}).await.unwrap();
@@ -42,11 +46,17 @@ async fn amplified_targets_never_consult_the_ground_truth() {
         && r.answered_by_generation.is_some()));
 
     // The counter is live: the supervised baseline's targets are the truth, and it sees them.
-    let mut baseline =
-        Run::open(domain, dir.join("supervised"), common::tiny_run(&domain, 6, true)).unwrap();
+    let mut baseline = Run::open(
+        domain,
+        dir.join("supervised"),
+        common::tiny_run(&domain, 6, true),
+    )
+    .unwrap();
     let truth = GroundTruth::new(domain);
     let records = baseline.train(&truth, stop, &mut |_| {}).await.unwrap();
-    assert!(records.iter().all(|r| r.truth_calls_in_targets >= r.targets));
+    assert!(records
+        .iter()
+        .all(|r| r.truth_calls_in_targets >= r.targets));
     // A run keeps its kind: an amplified run refuses the ground truth as its source.
     assert!(run.train(&truth, stop, &mut |_| {}).await.is_err());
     std::fs::remove_dir_all(&dir).unwrap();

@@ -204,8 +204,8 @@ pub struct TargetStore {
 impl TargetStore {
     /// Opens (creating if needed) the store in `dir` for `domain`. Shard files the manifest does
     /// not name (a commit cut short by a crash) and leftover temporary files are deleted.
-    pub fn open(dir: impl Into<PathBuf>, domain: &str) -> Result<Self, StoreError> {
-        let dir = dir.into();
+    pub fn open(dir: impl AsRef<Path>, domain: &str) -> Result<Self, StoreError> {
+        let dir = dir.as_ref().to_path_buf();
         fs::create_dir_all(&dir).map_err(io_err(&dir))?;
         let manifest_path = dir.join(MANIFEST_FILE);
         let manifest = match fs::read(&manifest_path) {
@@ -621,14 +621,14 @@ mod tests {
     #[test]
     fn committed_shards_read_back_identically_and_in_order() {
         let dir = TestDir::new("store-roundtrip");
-        let mut store = TargetStore::open(dir.path(), "wildcard").unwrap();
+        let mut store = TargetStore::open(&dir.0, "wildcard").unwrap();
         let a: Vec<_> = (0..5).map(|i| row(0, i, None)).collect();
         let b: Vec<_> = (0..3).map(|i| row(1, i, Some(1))).collect();
         store.commit(0, 0, &a).unwrap();
         store.commit(1, 0, &b).unwrap();
         assert!(store.has_part(1, 0) && !store.has_part(1, 1));
 
-        let reopened = TargetStore::open(dir.path(), "wildcard").unwrap();
+        let reopened = TargetStore::open(&dir.0, "wildcard").unwrap();
         assert_eq!(reopened.rows(), 8);
         assert_eq!(reopened.all().unwrap(), [a.clone(), b.clone()].concat());
         // The newest four rows: the last of round 0, then round 1.
@@ -642,15 +642,15 @@ mod tests {
     #[test]
     fn damaged_or_uncommitted_files_are_refused_or_removed() {
         let dir = TestDir::new("store-damage");
-        let mut store = TargetStore::open(dir.path(), "wildcard").unwrap();
+        let mut store = TargetStore::open(&dir.0, "wildcard").unwrap();
         let info = store.commit(0, 0, &[row(0, 0, Some(0))]).unwrap();
         // An uncommitted shard (crash between shard and manifest) disappears on open.
-        let orphan = dir.path().join(shard_file_name(0, 1));
+        let orphan = dir.0.join(shard_file_name(0, 1));
         fs::write(&orphan, b"partial").unwrap();
-        let store = TargetStore::open(dir.path(), "wildcard").unwrap();
+        let store = TargetStore::open(&dir.0, "wildcard").unwrap();
         assert!(!orphan.exists());
         // A flipped byte is caught by the checksum, and the error names the file.
-        let path = dir.path().join(&info.file);
+        let path = dir.0.join(&info.file);
         let mut bytes = fs::read(&path).unwrap();
         let mid = bytes.len() / 2;
         bytes[mid] ^= 0x40;
@@ -658,7 +658,7 @@ mod tests {
         let err = store.read_shard(&info).unwrap_err().to_string();
         assert!(err.contains(&info.file) && err.contains("SHA-256"), "{err}");
         // Another domain's store is refused.
-        let err = TargetStore::open(dir.path(), "permutation")
+        let err = TargetStore::open(&dir.0, "permutation")
             .err()
             .unwrap()
             .to_string();
@@ -668,7 +668,7 @@ mod tests {
     #[test]
     fn rows_of_the_wrong_round_or_domain_are_refused() {
         let dir = TestDir::new("store-refuse");
-        let mut store = TargetStore::open(dir.path(), "wildcard").unwrap();
+        let mut store = TargetStore::open(&dir.0, "wildcard").unwrap();
         assert!(store.commit(2, 0, &[row(1, 0, None)]).is_err());
         let mut other = row(2, 0, None);
         other.domain = "permutation".into();
