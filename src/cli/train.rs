@@ -44,6 +44,9 @@ pub struct RunArgs {
     /// Curriculum: held-out accuracy at the current size that moves to the next size.
     #[arg(long, default_value_t = 0.9)]
     pub advance_at: f64,
+    /// Curriculum: within each size, raise the root questions' difficulty one level at a time.
+    #[arg(long)]
+    pub difficulty_curriculum: bool,
     /// Root questions amplified per round.
     #[arg(long, default_value_t = 512)]
     pub roots: usize,
@@ -97,6 +100,7 @@ impl RunArgs {
             target_size: self.size,
             size_step: self.size_step.unwrap_or((self.size / 4).max(1)),
             advance_at: self.advance_at,
+            difficulty_curriculum: self.difficulty_curriculum,
             roots_per_round: self.roots,
             descent: self.descent,
             roots_per_part: self.roots_per_part,
@@ -286,9 +290,10 @@ impl ProgressView {
                 self.clear();
                 if !self.table_header_done {
                     eprintln!(
-                        "{:>4} {:>4} {:>7} {:>6} {:>9} {:>10} {:>9} {:>6} {:>8} {:>7}",
+                        "{:>4} {:>4} {:>4} {:>7} {:>6} {:>9} {:>10} {:>9} {:>6} {:>8} {:>7}",
                         "gen",
                         "size",
+                        "diff",
                         "targets",
                         "steps",
                         "acc@size",
@@ -315,9 +320,11 @@ fn table_row(r: &RoundRecord, _elapsed: Duration) -> String {
         }
     };
     format!(
-        "{:>4} {:>4} {:>7} {:>6} {:>9} {:>10} {:>9} {:>6} {:>8} {:>6.0}s",
+        "{:>4} {:>4} {:>4} {:>7} {:>6} {:>9} {:>10} {:>9} {:>6} {:>8} {:>6.0}s",
         format!("g{}", r.generation),
         r.size,
+        r.max_difficulty
+            .map_or_else(|| "all".to_string(), |d| format!("≤{d}")),
         r.targets,
         r.steps,
         pct(r.accuracy),
@@ -473,20 +480,21 @@ fn demo_settings() -> RunArgs {
         domain: DomainKind::Wildcard,
         supervised: false,
         size: 8,
-        start_size: Some(4),
+        start_size: Some(8),
         size_step: Some(2),
-        advance_at: 0.9,
+        advance_at: 0.85,
+        difficulty_curriculum: true,
         roots: 512,
         descent: 16,
         roots_per_part: 256,
-        steps: 200,
-        heldout: 512,
-        tolerance: 0.02,
+        steps: 50,
+        heldout: 256,
+        tolerance: 0.05,
         model: Preset::Tiny,
-        abstain_below: 0.5,
+        abstain_below: 0.0,
         learning_rate: 2e-3,
         batch: 64,
-        replay_window: 16_384,
+        replay_window: 4096,
         seed: 1,
     }
 }

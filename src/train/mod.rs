@@ -90,6 +90,11 @@ pub struct RunConfig {
     pub target_size: usize,
     pub size_step: usize,
     pub advance_at: f64,
+    /// Within each size, also raise the questions' difficulty one level at a time (starting at
+    /// the easiest), by the same threshold: H's decompositions make a level's targets right only
+    /// once X is right one level below, so training on levels X cannot support yet mostly
+    /// teaches it wrong answers.
+    pub difficulty_curriculum: bool,
     /// Root questions amplified per round.
     pub roots_per_round: usize,
     /// Below each root, a random path of subquestions this many levels deep is amplified too.
@@ -196,6 +201,9 @@ pub struct RoundRecord {
     /// Instance size of this round's targets, and of the next round's.
     pub size: usize,
     pub next_size: usize,
+    /// The difficulty curriculum's cap on root questions this round and the next (if enabled).
+    pub max_difficulty: Option<u32>,
+    pub next_max_difficulty: Option<u32>,
     /// Targets committed this round (unknown answers are not targets), and in the run so far.
     pub targets: u64,
     pub unknown: u64,
@@ -226,6 +234,12 @@ impl RoundRecord {
         }
         if let Some(g) = self.amplified_by {
             m.insert("amplified_by".into(), g as f64);
+        }
+        if let Some(d) = self.max_difficulty {
+            m.insert("max_difficulty".into(), d as f64);
+        }
+        if let Some(d) = self.next_max_difficulty {
+            m.insert("next_max_difficulty".into(), d as f64);
         }
         for (k, v) in [
             ("size", self.size as f64),
@@ -266,6 +280,8 @@ impl RoundRecord {
             amplified_by: get("amplified_by").map(|g| g as u64),
             size: get("size")? as usize,
             next_size: get("next_size")? as usize,
+            max_difficulty: get("max_difficulty").map(|d| d as u32),
+            next_max_difficulty: get("next_max_difficulty").map(|d| d as u32),
             targets: get("targets").unwrap_or(0.0) as u64,
             unknown: get("unknown").unwrap_or(0.0) as u64,
             targets_total: get("targets_total").unwrap_or(0.0) as u64,
@@ -424,6 +440,11 @@ impl<D: Domain + Copy> Run<D> {
         )?;
         let size = self.config.start_size;
         let heldout = self.heldout(size)?;
+        let cap = self
+            .config
+            .difficulty_curriculum
+            .then(|| heldout.iter().map(|e| e.difficulty).min().unwrap_or(0));
+        let heldout = stage(&heldout, cap);
         let target = self.heldout(self.config.target_size)?;
         let accuracy = distill::evaluate(&model, &heldout, 512);
         let at_target = distill::evaluate(&model, &target, 512);
@@ -433,6 +454,8 @@ impl<D: Domain + Copy> Run<D> {
             amplified_by: None,
             size,
             next_size: size,
+            max_difficulty: cap,
+            next_max_difficulty: cap,
             targets: 0,
             unknown: 0,
             targets_total: 0,
@@ -536,6 +559,7 @@ impl<D: Domain + Copy> Run<D> {
             }
             let started = Instant::now();
             let size = last.next_size;
+            let cap = last.next_max_difficulty;
             let amplifier = self.registry.current()?.unwrap_or(0);
             progress(Progress::Round {
                 round,
@@ -545,7 +569,7 @@ impl<D: Domain + Copy> Run<D> {
 
             // 1. Targets.
             let truth_before = domain::truth_calls();
-            let (new_rows, unknown) = self.produce(source, round, size, progress).await?;
+            let (new_rows, unknown) = self.produce(source, round, size, cap, progress).await?;
             let truth_calls_in_targets = domain::truth_calls() - truth_before;
             for row in &new_rows {
                 replay.extend([self.example(row, &mut instances)?]);
@@ -579,13 +603,15 @@ impl<D: Domain + Copy> Run<D> {
 
             // 3. Evaluate.
             progress(Progress::Evaluating);
-            let heldout = match heldout_cache.get(&size) {
+            let all_heldout = match heldout_cache.get(&size) {
                 Some(h) => h,
                 None => {
                     let h = self.heldout(size)?;
                     heldout_cache.entry(size).or_insert(h)
                 }
             };
+            let hardest = all_heldout.iter().map(|e| e.difficulty).max().unwrap_or(0);
+            let heldout = &stage(all_heldout, cap);
             let model = trainer.model();
             let accuracy = distill::evaluate(model, heldout, 512).fraction();
             let at_target = distill::evaluate(model, &target_heldout, 512);
@@ -602,17 +628,20 @@ impl<D: Domain + Copy> Run<D> {
             let promoted = accuracy + self.config.gate_tolerance >= reference_accuracy;
 
             // 5. Curriculum.
-            let next_size = if promoted && accuracy >= self.config.advance_at {
-                (size + self.config.size_step).min(self.config.target_size)
-            } else {
-                size
-            };
+            let (next_size, next_max_difficulty) =
+                match (promoted && accuracy >= self.config.advance_at, cap) {
+                    (false, _) => (size, cap),
+                    (true, Some(c)) if c < hardest => (size, Some(c + 1)),
+                    (true, _) => ((size + self.config.size_step).min(self.config.target_size), cap),
+                };
             let record = RoundRecord {
                 generation: 0, // filled in by publishing
                 round: Some(round),
                 amplified_by: (!self.config.supervised).then_some(amplifier),
                 size,
                 next_size,
+                max_difficulty: cap,
+                next_max_difficulty,
                 targets: round_targets,
                 unknown,
                 targets_total: self.store.rows(),
@@ -664,6 +693,7 @@ impl<D: Domain + Copy> Run<D> {
         source: &dyn TargetSource<D>,
         round: u64,
         size: usize,
+        cap: Option<u32>,
         progress: &mut dyn FnMut(Progress),
     ) -> Result<(Vec<TargetRow>, u64), TrainError> {
         let c = &self.config;
@@ -675,7 +705,7 @@ impl<D: Domain + Copy> Run<D> {
             let last = (first + c.roots_per_part).min(c.roots_per_round);
             if !self.store.has_part(round, part) {
                 let roots: Vec<Task<D>> = (first..last)
-                    .map(|i| self.root_task(round, i as u64, size))
+                    .map(|i| self.root_task(round, i as u64, size, cap))
                     .collect::<Result<_, _>>()?;
                 // Each root, then a random path down its tree: one of the subquestions H asked,
                 // amplified in turn, then one of its subquestions, ... to H's base case or the
@@ -769,12 +799,35 @@ impl<D: Domain + Copy> Run<D> {
     }
 
     /// Root question `index` of `round`: a fresh instance from a seed derived from the run seed.
-    fn root_task(&self, round: u64, index: u64, size: usize) -> Result<Task<D>, TrainError> {
+    /// Under a difficulty cap, questions are drawn until one is at most the cap (the easiest of a
+    /// bounded number of draws otherwise).
+    fn root_task(
+        &self,
+        round: u64,
+        index: u64,
+        size: usize,
+        cap: Option<u32>,
+    ) -> Result<Task<D>, TrainError> {
         let mut rng = Rng::derived(self.config.seed.wrapping_add(round << 40), index);
         let seed = rng.next_u64() % HELDOUT_SEED_BASE;
         let instance = Instance::generate(&self.domain, size, seed)
             .map_err(|e| TrainError::Config(e.to_string()))?;
-        let question = self.domain.sample_question(instance.facts(), &mut rng);
+        let d = &self.domain;
+        let mut question = d.sample_question(instance.facts(), &mut rng);
+        if let Some(cap) = cap {
+            let mut best = d.difficulty(instance.facts(), &question);
+            for _ in 0..256 {
+                if best <= cap {
+                    break;
+                }
+                let q = d.sample_question(instance.facts(), &mut rng);
+                let difficulty = d.difficulty(instance.facts(), &q);
+                if difficulty < best {
+                    best = difficulty;
+                    question = q;
+                }
+            }
+        }
         Ok(Task {
             size: size as u32,
             seed,
@@ -836,6 +889,21 @@ struct InstanceCache<D: Domain>(HashMap<String, Arc<Instance<D>>>);
 impl<D: Domain> Default for InstanceCache<D> {
     fn default() -> Self {
         Self(HashMap::new())
+    }
+}
+
+/// The held-out examples of a curriculum stage: those at most `cap` difficult (all without a cap,
+/// or if none is that easy).
+fn stage<D: Domain>(examples: &[Example<D>], cap: Option<u32>) -> Vec<Example<D>> {
+    let within: Vec<Example<D>> = examples
+        .iter()
+        .filter(|e| cap.is_none_or(|c| e.difficulty <= c))
+        .cloned()
+        .collect();
+    if within.is_empty() {
+        examples.to_vec()
+    } else {
+        within
     }
 }
 

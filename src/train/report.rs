@@ -87,16 +87,18 @@ pub fn generation_table(run: &RunSummary) -> String {
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "| gen | size | targets | steps | acc (size) | acc (target {}) | amplified | gap | promoted | time |",
+        "| gen | size | difficulty | targets | steps | acc (stage) | acc (target {}) | amplified | gap | promoted | time |",
         run.config.target_size
     );
-    let _ = writeln!(out, "|---|---|---|---|---|---|---|---|---|---|");
+    let _ = writeln!(out, "|---|---|---|---|---|---|---|---|---|---|---|");
     for r in &run.records {
         let _ = writeln!(
             out,
-            "| g{} | {} | {} | {} | {} | {} | {} | {} | {} | {:.0} s |",
+            "| g{} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {:.0} s |",
             r.generation,
             r.size,
+            r.max_difficulty
+                .map_or_else(|| "all".to_string(), |d| format!("≤ {d}")),
             r.targets,
             r.steps,
             pct(r.accuracy),

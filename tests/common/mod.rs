@@ -116,6 +116,7 @@ pub fn tiny_run<D: Domain>(domain: &D, size: usize, supervised: bool) -> hch::tr
         target_size: size,
         size_step: 1,
         advance_at: 0.9,
+        difficulty_curriculum: false,
         roots_per_round: 128,
         descent: 8,
         roots_per_part: 64,
