@@ -632,7 +632,10 @@ impl<D: Domain + Copy> Run<D> {
                 match (promoted && accuracy >= self.config.advance_at, cap) {
                     (false, _) => (size, cap),
                     (true, Some(c)) if c < hardest => (size, Some(c + 1)),
-                    (true, _) => ((size + self.config.size_step).min(self.config.target_size), cap),
+                    (true, _) => (
+                        (size + self.config.size_step).min(self.config.target_size),
+                        cap,
+                    ),
                 };
             let record = RoundRecord {
                 generation: 0, // filled in by publishing
@@ -897,7 +900,7 @@ impl<D: Domain> Default for InstanceCache<D> {
 fn stage<D: Domain>(examples: &[Example<D>], cap: Option<u32>) -> Vec<Example<D>> {
     let within: Vec<Example<D>> = examples
         .iter()
-        .filter(|e| cap.is_none_or(|c| e.difficulty <= c))
+        .filter(|e| cap.map_or(true, |c| e.difficulty <= c))
         .cloned()
         .collect();
     if within.is_empty() {

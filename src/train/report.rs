@@ -143,7 +143,7 @@ pub fn comparison(runs: &[RunSummary], accuracy: f64) -> String {
     }
     if let [a, b] = runs {
         if let (Some(ra), Some(rb)) = (a.reached(accuracy), b.reached(accuracy)) {
-            if rb.steps > 0 && rb.steps > 0 {
+            if rb.steps > 0 {
                 let _ = writeln!(
                     out,
                     "\n{} needed {:.2}x the steps of {}.",
@@ -170,7 +170,8 @@ pub fn svg(runs: &[RunSummary]) -> String {
         r#"<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" viewBox="0 0 {w} {h}" font-family="sans-serif" font-size="12">"#
     );
     let _ = writeln!(out, r#"<rect width="100%" height="100%" fill="white"/>"#);
-    let panels: [(&str, fn(&RoundRecord) -> f64); 2] = [
+    type Axis = fn(&RoundRecord) -> f64;
+    let panels: [(&str, Axis); 2] = [
         ("optimiser steps", |r| r.steps as f64),
         ("wall time (s)", |r| r.wall_seconds),
     ];
