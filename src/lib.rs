@@ -12,6 +12,9 @@
 //! - [`fsutil`]: crash-safe file writing (temporary file, fsync, rename) and streaming SHA-256.
 //! - [`text`]: the parser toolkit behind the text syntax and its pointed error messages.
 //! - [`rng`]: the reproducible random stream instances are generated from.
+//! - [`rpc`], [`worker`], [`coordinator`], [`server`]: the distributed system over gRPC.
+//! - [`train`]: the amplify-distill loop: target sources, the Parquet target store, the
+//!   curriculum and gate, resume, reports.
 //! - [`cli`]: the `hch` command line.
 //!
 //! The flow of one question: the caller builds an [`domain::Instance`] (generated from a seed or
@@ -19,6 +22,12 @@
 //! every subquestion recurses or goes to the [`answerer::Answerer`] at the mode's depth, identical
 //! subquestions are shared through the instance's memo, and the result carries the answer, counters
 //! and a [`eval::trace::Trace`].
+//!
+//! The flow of training: [`train::Run`] samples root questions, a [`train::TargetSource`] evaluates
+//! Amplify(H, X) on them (in-process, or through a coordinator whose workers serve the run's
+//! registry), the targets are committed to a [`train::store::TargetStore`], the student distils
+//! them ([`model::train`]), is evaluated against the ground truth, and is published and promoted in
+//! the [`registry`], from which workers hot-load it.
 #![forbid(unsafe_code)]
 
 pub mod answerer;
