@@ -474,17 +474,17 @@ pub async fn report(args: ReportArgs) -> Result<()> {
     Ok(())
 }
 
-/// The demo's settings: wildcard search on instances of 4 strings, a tiny model, root questions one
-/// wildcard harder at a time (for wildcard search a larger instance is not harder: the difficulty is
-/// the number of wildcards).
+/// The demo's settings: union-find on instances of 6 variables, a tiny model, root questions one
+/// level deeper in the forest at a time. (Measured on 2 cores, in-process trees: 94.9% after 4 100
+/// steps, 91 s; the supervised baseline 95.3% after 2 900 steps.)
 fn demo_settings() -> RunArgs {
     RunArgs {
-        domain: DomainKind::Wildcard,
+        domain: DomainKind::UnionFind,
         supervised: false,
-        size: 4,
-        start_size: Some(4),
+        size: 6,
+        start_size: Some(6),
         size_step: Some(1),
-        advance_at: 0.85,
+        advance_at: 0.9,
         difficulty_curriculum: true,
         roots: 512,
         descent: 16,
@@ -515,14 +515,15 @@ pub async fn demo(args: DemoArgs) -> Result<()> {
         eprintln!("replaced the previous demo in {}", dir.display());
     }
     let settings = demo_settings();
-    let domain = crate::domain::wildcard::Wildcard;
+    let domain = crate::domain::union_find::UnionFind;
     let config = settings.config(&domain);
     eprintln!(
-        "hch demo: iterated amplification on wildcard search, from random weights.\n  \
-         H splits a pattern's first * into 0 and 1 and adds the answers; X (a {}-parameter \
-         transformer) is distilled from Amplify(H, X) alone, on instances of {} strings, root \
-         questions one wildcard harder each time X passes {:.0}%.\n  Goal: 95% held-out accuracy \
-         within {} minutes. Run directory: {}\n",
+        "hch demo: iterated amplification on union-find (equalities), from random weights.\n  \
+         H answers a variable's value or depth by finding its parent (from the facts, or by \
+         checking X's guess) and asking about the parent; X (a {}-parameter transformer) is \
+         distilled from Amplify(H, X) alone, on instances of {} variables, root questions one \
+         level deeper each time X passes {:.0}%.\n  Goal: 95% held-out accuracy within {} \
+         minutes. Run directory: {}\n",
         crate::model::Model::new(domain, config.model.clone(), tch::Device::Cpu, 0)?.parameters(),
         config.target_size,
         100.0 * config.advance_at,
@@ -589,7 +590,12 @@ async fn ask_examples<D: Domain + Copy>(cluster: &Cluster, domain: D, size: usiz
             domain.print_facts(instance.facts()),
             domain.print_question(&question)
         );
-        for mode in ["distilled", "amplified", "hch:2", "exact"] {
+        let modes: &[&str] = if D::WELL_FOUNDED {
+            &["distilled", "amplified", "hch:2", "exact"]
+        } else {
+            &["distilled", "amplified", "hch:2"]
+        };
+        for &mode in modes {
             let response = client
                 .ask(pb::AskRequest {
                     domain: D::KIND.name().to_string(),
