@@ -3,7 +3,7 @@
 use std::io::{IsTerminal, Write};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use clap::Args;
@@ -216,7 +216,6 @@ pub struct DemoArgs {
 /// Progress on stderr: a redrawn bar on a terminal, a line per phase otherwise.
 struct ProgressView {
     tty: bool,
-    started: Instant,
     round: u64,
     size: usize,
     amplifier: u64,
@@ -228,7 +227,6 @@ impl ProgressView {
     fn new() -> Self {
         Self {
             tty: std::io::stderr().is_terminal(),
-            started: Instant::now(),
             round: 0,
             size: 0,
             amplifier: 0,
@@ -305,13 +303,13 @@ impl ProgressView {
                     );
                     self.table_header_done = true;
                 }
-                eprintln!("{}", table_row(&r, self.started.elapsed()));
+                eprintln!("{}", table_row(&r));
             }
         }
     }
 }
 
-fn table_row(r: &RoundRecord, _elapsed: Duration) -> String {
+fn table_row(r: &RoundRecord) -> String {
     let pct = |x: f64| {
         if x.is_finite() {
             format!("{:.1}%", 100.0 * x)

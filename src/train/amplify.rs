@@ -82,7 +82,9 @@ pub fn generation_of_label(label: &str) -> Option<u64> {
 /// Trees evaluated at once by the in-process sources (enough to fill a forward pass).
 const CONCURRENT_TREES: usize = 512;
 
-fn local_batching() -> BatchConfig {
+/// Batching for answerers in this process: large batches, a short wait, a queue that never refuses
+/// (the callers are our own trees).
+pub(crate) fn local_batching() -> BatchConfig {
     BatchConfig {
         max_batch: 1024,
         max_wait: Duration::from_micros(500),

@@ -64,7 +64,7 @@ use crate::model::train::{self as distill, Accuracy, Example, ReplayBuffer, Trai
 use crate::model::{Model, ModelError};
 use crate::registry::{Manifest, Registry, RegistryError};
 use crate::rng::Rng;
-use crate::worker::batcher::{BatchConfig, BatchedAnswerer};
+use crate::worker::batcher::BatchedAnswerer;
 
 /// The run settings format this build writes and reads.
 pub const RUN_FORMAT: u32 = 1;
@@ -542,6 +542,7 @@ impl<D: Domain + Copy> Run<D> {
         }
         let target_heldout = self.heldout(self.config.target_size)?;
         let mut heldout_cache: HashMap<usize, Vec<Example<D>>> = HashMap::new();
+        let mut reference_cache: HashMap<(u64, usize, Option<u32>), f64> = HashMap::new();
         let mut records = Vec::new();
 
         loop {
@@ -618,13 +619,22 @@ impl<D: Domain + Copy> Run<D> {
             let amplified_target = amplified_accuracy(model, &target_heldout).await?;
 
             // 4. Gate: against the promoted generation at this round's size.
-            let reference = generation::load(
-                &self.registry,
-                Some(amplifier),
-                self.domain,
-                crate::model::pick_device(),
-            )?;
-            let reference_accuracy = distill::evaluate(&reference.model, heldout, 512).fraction();
+            // X_n's accuracy at this stage changes only with the stage or a promotion: loaded and
+            // evaluated once per (generation, stage), not every round.
+            let reference_accuracy = match reference_cache.get(&(amplifier, size, cap)) {
+                Some(&a) => a,
+                None => {
+                    let reference = generation::load(
+                        &self.registry,
+                        Some(amplifier),
+                        self.domain,
+                        crate::model::pick_device(),
+                    )?;
+                    let a = distill::evaluate(&reference.model, heldout, 512).fraction();
+                    reference_cache.insert((amplifier, size, cap), a);
+                    a
+                }
+            };
             let promoted = accuracy + self.config.gate_tolerance >= reference_accuracy;
 
             // 5. Curriculum.
@@ -938,14 +948,7 @@ pub async fn amplified_accuracy<D: Domain + Copy>(
     // A key of its own: these weights are nobody's published generation yet.
     let answerer: Arc<dyn Answerer<D>> =
         Arc::new(ModelAnswerer::new(copy, u64::MAX - 1, "student"));
-    let batched = Arc::new(BatchedAnswerer::start(
-        answerer,
-        BatchConfig {
-            max_batch: 1024,
-            max_wait: Duration::from_micros(500),
-            queue_capacity: 1 << 16,
-        },
-    ));
+    let batched = Arc::new(BatchedAnswerer::start(answerer, amplify::local_batching()));
     let domain = *model.domain();
     let evaluator = Evaluator::new(
         domain,

@@ -421,6 +421,38 @@ fn shard_file_name(round: u64, part: u32) -> String {
     format!("r{round:06}-p{part:04}.parquet")
 }
 
+/// How one column's values are read from a row.
+enum Column {
+    Text(fn(&TargetRow) -> &str),
+    Small(fn(&TargetRow) -> u32),
+    /// Values are below 2^63 ([`TargetStore::commit`] checks seeds and indices; counts are far
+    /// smaller).
+    Large(fn(&TargetRow) -> u64),
+    Generation,
+}
+
+fn column_values(name: &str) -> Column {
+    match name {
+        "domain" => Column::Text(|r| &r.domain),
+        "instance_id" => Column::Text(|r| &r.instance_id),
+        "facts" => Column::Text(|r| &r.facts),
+        "question" => Column::Text(|r| &r.question),
+        "answer" => Column::Text(|r| &r.answer),
+        "source" => Column::Text(|r| r.source.as_str()),
+        "answerer" => Column::Text(|r| &r.answerer),
+        "tree_id" => Column::Text(|r| &r.tree_id),
+        "size" => Column::Small(|r| r.size),
+        "difficulty" => Column::Small(|r| r.difficulty),
+        "answered_by_generation" => Column::Generation,
+        "instance_seed" => Column::Large(|r| r.instance_seed),
+        "nodes" => Column::Large(|r| r.nodes.min(i64::MAX as u64)),
+        "time_us" => Column::Large(|r| r.time_us.min(i64::MAX as u64)),
+        "round" => Column::Large(|r| r.round),
+        "index" => Column::Large(|r| r.index),
+        other => unreachable!("column {other} is in the schema but has no values"),
+    }
+}
+
 fn encode_shard(rows: &[TargetRow]) -> parquet::errors::Result<Vec<u8>> {
     let schema = Arc::new(parse_message_type(SCHEMA)?);
     let props = WriterProperties::builder()
@@ -435,64 +467,23 @@ fn encode_shard(rows: &[TargetRow]) -> parquet::errors::Result<Vec<u8>> {
     let mut out = Vec::new();
     let mut writer = SerializedFileWriter::new(&mut out, schema, Arc::new(props))?;
     let mut group = writer.next_row_group()?;
-    let strings = |f: fn(&TargetRow) -> &str| -> Vec<ByteArray> {
-        rows.iter().map(|r| ByteArray::from(f(r))).collect()
-    };
     let mut column = 0usize;
     while let Some(mut col) = group.next_column()? {
-        match COLUMNS[column] {
-            "domain" => {
+        match column_values(COLUMNS[column]) {
+            Column::Text(get) => {
+                let values: Vec<ByteArray> = rows.iter().map(|r| ByteArray::from(get(r))).collect();
                 col.typed::<ByteArrayType>()
-                    .write_batch(&strings(|r| &r.domain), None, None)?;
+                    .write_batch(&values, None, None)?;
             }
-            "instance_id" => {
-                col.typed::<ByteArrayType>().write_batch(
-                    &strings(|r| &r.instance_id),
-                    None,
-                    None,
-                )?;
-            }
-            "facts" => {
-                col.typed::<ByteArrayType>()
-                    .write_batch(&strings(|r| &r.facts), None, None)?;
-            }
-            "question" => {
-                col.typed::<ByteArrayType>()
-                    .write_batch(&strings(|r| &r.question), None, None)?;
-            }
-            "answer" => {
-                col.typed::<ByteArrayType>()
-                    .write_batch(&strings(|r| &r.answer), None, None)?;
-            }
-            "source" => {
-                col.typed::<ByteArrayType>().write_batch(
-                    &strings(|r| r.source.as_str()),
-                    None,
-                    None,
-                )?;
-            }
-            "answerer" => {
-                col.typed::<ByteArrayType>()
-                    .write_batch(&strings(|r| &r.answerer), None, None)?;
-            }
-            "tree_id" => {
-                col.typed::<ByteArrayType>()
-                    .write_batch(&strings(|r| &r.tree_id), None, None)?;
-            }
-            "size" | "difficulty" => {
-                let values: Vec<i32> = rows
-                    .iter()
-                    .map(|r| {
-                        if COLUMNS[column] == "size" {
-                            r.size as i32
-                        } else {
-                            r.difficulty as i32
-                        }
-                    })
-                    .collect();
+            Column::Small(get) => {
+                let values: Vec<i32> = rows.iter().map(|r| get(r) as i32).collect();
                 col.typed::<Int32Type>().write_batch(&values, None, None)?;
             }
-            "answered_by_generation" => {
+            Column::Large(get) => {
+                let values: Vec<i64> = rows.iter().map(|r| get(r) as i64).collect();
+                col.typed::<Int64Type>().write_batch(&values, None, None)?;
+            }
+            Column::Generation => {
                 let values: Vec<i64> = rows
                     .iter()
                     .filter_map(|r| r.answered_by_generation.map(|g| g as i64))
@@ -503,21 +494,6 @@ fn encode_shard(rows: &[TargetRow]) -> parquet::errors::Result<Vec<u8>> {
                     .collect();
                 col.typed::<Int64Type>()
                     .write_batch(&values, Some(&levels), None)?;
-            }
-            name => {
-                let get: fn(&TargetRow) -> u64 = match name {
-                    "instance_seed" => |r| r.instance_seed,
-                    "nodes" => |r| r.nodes,
-                    "time_us" => |r| r.time_us,
-                    "round" => |r| r.round,
-                    "index" => |r| r.index,
-                    other => unreachable!("column {other} has no writer"),
-                };
-                let values: Vec<i64> = rows
-                    .iter()
-                    .map(|r| get(r).min(i64::MAX as u64) as i64)
-                    .collect();
-                col.typed::<Int64Type>().write_batch(&values, None, None)?;
             }
         }
         col.close()?;
