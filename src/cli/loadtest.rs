@@ -47,6 +47,34 @@ pub struct LoadtestArgs {
     /// then hold the facts and only their hashes travel.
     #[arg(long, default_value_t = 0)]
     instances: u64,
+    /// Longest a worker waits for a batch to fill, in microseconds.
+    #[arg(long)]
+    max_wait_us: Option<u64>,
+    /// Calls in flight per worker from the coordinator.
+    #[arg(long)]
+    in_flight: Option<usize>,
+    /// Most questions in one coordinator-to-worker call.
+    #[arg(long)]
+    max_batch: Option<usize>,
+}
+
+/// CPU time (user + system, all threads) this process has used so far, from /proc/self/stat
+/// (Linux; zero elsewhere). The kernel reports it in USER_HZ ticks, 100 per second on Linux.
+fn cpu_time() -> Duration {
+    let Ok(stat) = std::fs::read_to_string("/proc/self/stat") else {
+        return Duration::ZERO;
+    };
+    // The command name (field 2) may contain spaces; the fields after its closing paren are plain.
+    let Some(rest) = stat.rfind(')').map(|i| &stat[i + 1..]) else {
+        return Duration::ZERO;
+    };
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    // utime and stime are fields 14 and 15 of the whole line, 12 and 13 after the paren.
+    let ticks: u64 = [11, 12]
+        .iter()
+        .filter_map(|&i| fields.get(i)?.parse::<u64>().ok())
+        .sum();
+    Duration::from_millis(ticks * 10)
 }
 
 fn percentiles(mut v: Vec<Duration>) -> String {
@@ -75,21 +103,33 @@ fn questions<D: Domain>(d: &D, size: usize, seed: u64, fixed: Option<&str>) -> (
 
 pub async fn run(args: LoadtestArgs) -> Result<()> {
     crate::domain::check_size_for(args.domain, args.size)?;
+    let mut worker_config = WorkerConfig::default();
+    if let Some(us) = args.max_wait_us {
+        worker_config.batch.max_wait = Duration::from_micros(us);
+    }
+    let mut pool_config = PoolConfig {
+        source: WorkerSource::Static(Vec::new()),
+        ..PoolConfig::default()
+    };
+    if let Some(n) = args.in_flight {
+        pool_config.max_in_flight_per_worker = n.max(1);
+    }
+    let mut coordinator_config = CoordinatorConfig {
+        max_trees: args.clients.max(1) * 2,
+        ..CoordinatorConfig::default()
+    };
+    if let Some(n) = args.max_batch {
+        coordinator_config.remote.max_batch = n.max(1);
+    }
     let cluster = Cluster::start(
         args.workers.max(1),
         Serving::Oracle {
             delay: Duration::ZERO,
         },
-        WorkerConfig::default(),
+        worker_config,
         SocketAddr::from(([127, 0, 0, 1], 0)),
-        PoolConfig {
-            source: WorkerSource::Static(Vec::new()),
-            ..PoolConfig::default()
-        },
-        CoordinatorConfig {
-            max_trees: args.clients.max(1) * 2,
-            ..CoordinatorConfig::default()
-        },
+        pool_config,
+        coordinator_config,
     )
     .await
     .context("starting the cluster")?;
@@ -118,6 +158,7 @@ pub async fn run(args: LoadtestArgs) -> Result<()> {
         .await?;
     let calls = Arc::new(AtomicU64::new(0));
     let start = Instant::now();
+    let cpu_start = cpu_time();
     let tasks: Vec<_> = (0..args.clients)
         .map(|_| {
             let mut client = pb::worker_client::WorkerClient::new(channel.clone());
@@ -139,9 +180,11 @@ pub async fn run(args: LoadtestArgs) -> Result<()> {
     for t in tasks {
         lat.extend(t.await?);
     }
-    let raw_rate = calls.load(Ordering::Relaxed) as f64 / start.elapsed().as_secs_f64();
+    let elapsed = start.elapsed().as_secs_f64();
+    let raw_rate = calls.load(Ordering::Relaxed) as f64 / elapsed;
+    let raw_cores = (cpu_time() - cpu_start).as_secs_f64() / elapsed;
     println!(
-        "raw unary calls:      {raw_rate:>10.0} calls/s   ({})",
+        "raw unary calls:      {raw_rate:>10.0} calls/s   ({}; {raw_cores:.2} cores busy)",
         percentiles(lat)
     );
 
@@ -162,6 +205,7 @@ pub async fn run(args: LoadtestArgs) -> Result<()> {
     let failed = Arc::new(AtomicU64::new(0));
     let seeds = Arc::new(AtomicU64::new(1));
     let start = Instant::now();
+    let cpu_start = cpu_time();
     let tasks: Vec<_> = (0..args.clients)
         .map(|_| {
             let mut client = pb::coordinator_client::CoordinatorClient::new(channel.clone());
@@ -205,6 +249,7 @@ pub async fn run(args: LoadtestArgs) -> Result<()> {
         lat.extend(t.await?);
     }
     let elapsed = start.elapsed().as_secs_f64();
+    let tree_cores = (cpu_time() - cpu_start).as_secs_f64() / elapsed;
     let answered: u64 = cluster
         .workers
         .iter()
@@ -214,7 +259,7 @@ pub async fn run(args: LoadtestArgs) -> Result<()> {
     let sub_rate = answered as f64 / elapsed;
     let tree_rate = trees.load(Ordering::Relaxed) as f64 / elapsed;
     println!(
-        "subquestions:         {sub_rate:>10.0} subquestions/s ({tree_rate:.0} trees/s, {} degraded or failed; tree latency {})",
+        "subquestions:         {sub_rate:>10.0} subquestions/s ({tree_rate:.0} trees/s, {} degraded or failed; tree latency {}; {tree_cores:.2} cores busy)",
         failed.load(Ordering::Relaxed),
         percentiles(lat)
     );
