@@ -78,8 +78,9 @@ pub trait Answerer<D: Domain>: Send + Sync + 'static {
     fn id(&self) -> AnswererId;
 
     /// Answers every query of `batch`, in order. Implementations batch internally where that pays
-    /// (one forward pass per batch, one RPC per worker).
-    fn answer<'a>(&'a self, batch: &'a [Query<D>]) -> BoxFuture<'a, Answers<D::Answer>>;
+    /// (one forward pass per batch, one RPC per worker). The batch is theirs: answerers that hand
+    /// it to another task or thread (a worker pool, a model on a blocking thread) move it there.
+    fn answer(&self, batch: Vec<Query<D>>) -> BoxFuture<'_, Answers<D::Answer>>;
 }
 
 /// The ground-truth answerer. It exists for tests, evaluation and load tests; training targets must
@@ -99,7 +100,7 @@ impl<D: Domain> Answerer<D> for Oracle<D> {
         AnswererId::oracle()
     }
 
-    fn answer<'a>(&'a self, batch: &'a [Query<D>]) -> BoxFuture<'a, Answers<D::Answer>> {
+    fn answer(&self, batch: Vec<Query<D>>) -> BoxFuture<'_, Answers<D::Answer>> {
         let answers = batch
             .iter()
             .map(|q| Some(self.domain.truth(q.instance.facts(), &q.question)))

@@ -175,7 +175,7 @@ async fn model_answerer_answers_batches() {
             question: e.question,
         })
         .collect();
-    let answers = answerer.answer(&batch).await.unwrap();
+    let answers = answerer.answer(batch).await.unwrap();
     assert_eq!(answers, direct);
     assert_eq!(answerer.id().key, 42);
     let _: Arc<Instance<_>> = examples[0].instance.clone();

@@ -53,6 +53,9 @@ pub struct LoadtestArgs {
     /// Calls in flight per worker from the coordinator.
     #[arg(long)]
     in_flight: Option<usize>,
+    /// HTTP/2 connections the clients share, in both phases (callers are spread over them).
+    #[arg(long, default_value_t = 1)]
+    connections: usize,
     /// Most questions in one coordinator-to-worker call.
     #[arg(long)]
     max_batch: Option<usize>,
@@ -90,6 +93,20 @@ fn percentiles(mut v: Vec<Duration>) -> String {
         at(0.99),
         v[v.len() - 1]
     )
+}
+
+async fn connect(addr: &str, n: usize) -> Result<Vec<tonic::transport::Channel>> {
+    let mut channels = Vec::new();
+    for _ in 0..n.max(1) {
+        channels.push(
+            tonic::transport::Endpoint::from_shared(addr.to_string())?
+                .tcp_nodelay(true)
+                .connect()
+                .await
+                .with_context(|| format!("connecting to {addr}"))?,
+        );
+    }
+    Ok(channels)
 }
 
 fn questions<D: Domain>(d: &D, size: usize, seed: u64, fixed: Option<&str>) -> (String, String) {
@@ -153,15 +170,14 @@ pub async fn run(args: LoadtestArgs) -> Result<()> {
     );
 
     // Phase 1: trivial unary calls.
-    let channel = tonic::transport::Endpoint::from_shared(worker_addr)?
-        .connect()
-        .await?;
+    let channels = connect(&worker_addr, args.connections).await?;
     let calls = Arc::new(AtomicU64::new(0));
     let start = Instant::now();
     let cpu_start = cpu_time();
     let tasks: Vec<_> = (0..args.clients)
-        .map(|_| {
-            let mut client = pb::worker_client::WorkerClient::new(channel.clone());
+        .map(|i| {
+            let mut client =
+                pb::worker_client::WorkerClient::new(channels[i % channels.len()].clone());
             let calls = calls.clone();
             tokio::spawn(async move {
                 let mut lat = Vec::new();
@@ -189,9 +205,7 @@ pub async fn run(args: LoadtestArgs) -> Result<()> {
     );
 
     // Phase 2: trees through the coordinator.
-    let channel = tonic::transport::Endpoint::from_shared(coordinator_addr)?
-        .connect()
-        .await?;
+    let channels = connect(&coordinator_addr, args.connections).await?;
     let answered_before: u64 = cluster
         .workers
         .iter()
@@ -207,8 +221,10 @@ pub async fn run(args: LoadtestArgs) -> Result<()> {
     let start = Instant::now();
     let cpu_start = cpu_time();
     let tasks: Vec<_> = (0..args.clients)
-        .map(|_| {
-            let mut client = pb::coordinator_client::CoordinatorClient::new(channel.clone());
+        .map(|i| {
+            let mut client = pb::coordinator_client::CoordinatorClient::new(
+                channels[i % channels.len()].clone(),
+            );
             let (trees, failed, seeds) = (trees.clone(), failed.clone(), seeds.clone());
             let (domain, size, mode) = (args.domain, args.size, args.mode.clone());
             let (fixed, instances) = (args.question.clone(), args.instances);

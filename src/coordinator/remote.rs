@@ -1,8 +1,10 @@
 //! The pool of workers behind the [`Answerer`] interface.
 //!
-//! Leaf questions from every tree of a domain go into one queue. A coalescing task takes the first,
-//! waits for a free call slot on the least busy worker (while it waits, more questions pile up),
-//! then takes everything queued (up to a maximum batch) and sends it as one call. Facts go to a
+//! Each tree hands its leaf questions over a wave at a time (see `eval`), as one group; the groups
+//! of every tree of a domain go into one queue. A coalescing task takes the first group, waits for a
+//! free call slot on the least busy worker (while it waits, more groups pile up), then takes
+//! whole groups queued (up to a maximum batch of questions) and sends them as one call. Each group
+//! gets its answers back through one channel, so a tree is woken once per call that answers it. Facts go to a
 //! worker once; afterwards only their hash, and a worker that lost them says so and gets the text
 //! again. A failed or overloaded worker's batch is retried on another one. When every tree waiting
 //! on a batch has gone away (the client cancelled, or a deadline passed), the call is dropped,
@@ -18,7 +20,7 @@ use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit};
 use super::pool::{Pool, WorkerHandle};
 use crate::answerer::{AnswerError, Answerer, AnswererId, Answers, Query};
 use crate::domain::{parse_reply, Domain};
-use crate::rpc::{pb, ServiceError};
+use crate::rpc::{limits, pb, ServiceError};
 
 /// Settings of the remote answerer.
 #[derive(Clone, Copy, Debug)]
@@ -53,23 +55,30 @@ tokio::task_local! {
     pub static CURRENT_TREE: TreeContext;
 }
 
+/// Questions of one tree that travel together, and where their answers go.
 struct Pending<D: Domain> {
     tree: Option<TreeContext>,
-    query: Query<D>,
-    reply: oneshot::Sender<Result<Option<D::Answer>, AnswerError>>,
+    queries: Vec<Query<D>>,
+    reply: oneshot::Sender<Answers<D::Answer>>,
 }
 
 pub struct RemoteAnswerer<D: Domain> {
     pool: Arc<Pool>,
     queue: mpsc::UnboundedSender<Pending<D>>,
+    max_batch: usize,
 }
 
 impl<D: Domain + Copy> RemoteAnswerer<D> {
     /// Starts the coalescing task on the current tokio runtime; it ends with the answerer.
     pub fn new(domain: D, pool: Arc<Pool>, config: RemoteConfig) -> Self {
         let (queue, rx) = mpsc::unbounded_channel();
-        tokio::spawn(coalesce(domain, pool.clone(), rx, config));
-        Self { pool, queue }
+        let max_batch = config.max_batch.clamp(1, limits::MAX_BATCH_ITEMS);
+        tokio::spawn(coalesce(domain, pool.clone(), rx, config, max_batch));
+        Self {
+            pool,
+            queue,
+            max_batch,
+        }
     }
 }
 
@@ -78,27 +87,33 @@ impl<D: Domain + Copy> Answerer<D> for RemoteAnswerer<D> {
         self.pool.answerer_id(D::KIND)
     }
 
-    fn answer<'a>(&'a self, batch: &'a [Query<D>]) -> BoxFuture<'a, Answers<D::Answer>> {
+    fn answer(&self, mut batch: Vec<Query<D>>) -> BoxFuture<'_, Answers<D::Answer>> {
         let tree = CURRENT_TREE.try_with(|t| t.clone()).ok();
-        let receivers: Vec<_> = batch
-            .iter()
-            .map(|query| {
-                let (reply, rx) = oneshot::channel();
-                let _ = self.queue.send(Pending {
-                    tree: tree.clone(),
-                    query: query.clone(),
-                    reply,
-                });
-                rx
-            })
-            .collect();
+        // A group never spans calls: larger batches are split into groups of at most `max_batch`.
+        let mut receivers = Vec::with_capacity(batch.len().div_ceil(self.max_batch));
+        while !batch.is_empty() {
+            let rest = batch.split_off(batch.len().min(self.max_batch));
+            let (reply, rx) = oneshot::channel();
+            let _ = self.queue.send(Pending {
+                tree: tree.clone(),
+                queries: std::mem::replace(&mut batch, rest),
+                reply,
+            });
+            receivers.push(rx);
+        }
         Box::pin(async move {
-            let mut answers = Vec::with_capacity(receivers.len());
+            let closed =
+                || AnswerError::Unavailable("the coordinator's worker queue closed".to_string());
+            if receivers.len() == 1 {
+                return receivers
+                    .pop()
+                    .expect("one receiver")
+                    .await
+                    .map_err(|_| closed())?;
+            }
+            let mut answers = Vec::new();
             for rx in receivers {
-                let answer = rx.await.map_err(|_| {
-                    AnswerError::Unavailable("the coordinator's worker queue closed".to_string())
-                })??;
-                answers.push(answer);
+                answers.extend(rx.await.map_err(|_| closed())??);
             }
             Ok(answers)
         })
@@ -110,8 +125,19 @@ async fn coalesce<D: Domain + Copy>(
     pool: Arc<Pool>,
     mut rx: mpsc::UnboundedReceiver<Pending<D>>,
     config: RemoteConfig,
+    max_batch: usize,
 ) {
-    while let Some(first) = rx.recv().await {
+    // A group that did not fit in the previous call opens the next one.
+    let mut carried: Option<Pending<D>> = None;
+    loop {
+        let first = match carried.take() {
+            Some(p) => p,
+            None => match rx.recv().await {
+                Some(p) => p,
+                None => return,
+            },
+        };
+        let mut size = first.queries.len();
         let mut batch = vec![first];
         let Some(worker) = pool.pick(D::KIND, &[]) else {
             while let Ok(p) = rx.try_recv() {
@@ -123,11 +149,18 @@ async fn coalesce<D: Domain + Copy>(
             );
             continue;
         };
-        // While this waits for a free slot, more questions queue up and join the batch.
+        // While this waits for a free slot, more groups queue up and join the batch.
         let slot = worker.slot().await;
-        while batch.len() < config.max_batch {
+        while size < max_batch {
             match rx.try_recv() {
-                Ok(p) => batch.push(p),
+                Ok(p) if size + p.queries.len() > max_batch => {
+                    carried = Some(p);
+                    break;
+                }
+                Ok(p) => {
+                    size += p.queries.len();
+                    batch.push(p);
+                }
                 Err(_) => break,
             }
         }
@@ -159,9 +192,11 @@ fn request<D: Domain>(
     let mut index: Vec<crate::domain::InstanceId> = Vec::new();
     let items = batch
         .iter()
-        .map(|p| {
-            let id = p.query.instance.id();
-            let i = match index.iter().position(|x| *x == id) {
+        .flat_map(|p| &p.queries)
+        .map(|query| {
+            let id = query.instance.id();
+            // Most groups are about one instance: check the last one first.
+            let i = match index.iter().rposition(|x| *x == id) {
                 Some(i) => i,
                 None => {
                     index.push(id);
@@ -170,7 +205,7 @@ fn request<D: Domain>(
                         text: if worker.knows(&id) {
                             String::new()
                         } else {
-                            domain.print_facts(p.query.instance.facts())
+                            domain.print_facts(query.instance.facts())
                         },
                     });
                     index.len() - 1
@@ -178,7 +213,7 @@ fn request<D: Domain>(
             };
             pb::Item {
                 instance: i as u32,
-                question: domain.print_question(&p.query.question),
+                question: domain.print_question(&query.question),
             }
         })
         .collect();
@@ -225,11 +260,15 @@ async fn send<D: Domain + Copy>(
                     }
                     continue;
                 }
-                worker
-                    .items_sent
-                    .fetch_add(batch.len() as u64, Ordering::Relaxed);
-                for p in &batch {
-                    worker.remember(p.query.instance.id());
+                let items: usize = batch.iter().map(|p| p.queries.len()).sum();
+                worker.items_sent.fetch_add(items as u64, Ordering::Relaxed);
+                let mut remembered = None;
+                for query in batch.iter().flat_map(|p| &p.queries) {
+                    let id = query.instance.id();
+                    if remembered != Some(id) {
+                        worker.remember(id);
+                        remembered = Some(id);
+                    }
                 }
                 deliver(&domain, batch, response.replies);
                 return;
@@ -284,8 +323,8 @@ fn attach_trace_context<D: Domain, T>(call: &mut tonic::Request<T>, batch: &[Pen
 }
 
 fn deliver<D: Domain>(domain: &D, batch: Vec<Pending<D>>, replies: Vec<pb::Reply>) {
-    if replies.len() != batch.len() {
-        let asked = batch.len();
+    let asked: usize = batch.iter().map(|p| p.queries.len()).sum();
+    if replies.len() != asked {
         fail(
             batch,
             AnswerError::Internal(format!(
@@ -295,14 +334,22 @@ fn deliver<D: Domain>(domain: &D, batch: Vec<Pending<D>>, replies: Vec<pb::Reply
         );
         return;
     }
-    for (p, reply) in batch.into_iter().zip(replies) {
-        let answer = if reply.known {
-            parse_reply(domain, &reply.answer).map_err(|e| {
-                AnswerError::Internal(format!("worker sent an unreadable answer: {e}"))
+    let mut replies = replies.into_iter();
+    for p in batch {
+        // An unreadable answer fails its group only; the other trees get theirs.
+        let answers: Answers<D::Answer> = replies
+            .by_ref()
+            .take(p.queries.len())
+            .map(|reply| {
+                if reply.known {
+                    parse_reply(domain, &reply.answer).map_err(|e| {
+                        AnswerError::Internal(format!("worker sent an unreadable answer: {e}"))
+                    })
+                } else {
+                    Ok(None)
+                }
             })
-        } else {
-            Ok(None)
-        };
-        let _ = p.reply.send(answer);
+            .collect();
+        let _ = p.reply.send(answers);
     }
 }

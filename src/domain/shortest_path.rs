@@ -667,10 +667,7 @@ mod tests {
             }
         }
 
-        fn answer<'a>(
-            &'a self,
-            batch: &'a [Query<ShortestPath>],
-        ) -> BoxFuture<'a, Answers<Answer>> {
+        fn answer(&self, batch: Vec<Query<ShortestPath>>) -> BoxFuture<'_, Answers<Answer>> {
             let answers = batch
                 .iter()
                 .map(|q| match q.question {

@@ -852,7 +852,7 @@ mod tests {
             }
         }
 
-        fn answer<'a>(&'a self, batch: &'a [Query<UnionFind>]) -> BoxFuture<'a, Answers<Answer>> {
+        fn answer(&self, batch: Vec<Query<UnionFind>>) -> BoxFuture<'_, Answers<Answer>> {
             let answers = batch
                 .iter()
                 .map(|q| match q.question {

@@ -42,9 +42,8 @@ impl<D: Domain + Clone> Answerer<D> for ModelAnswerer<D> {
         self.id.clone()
     }
 
-    fn answer<'a>(&'a self, batch: &'a [Query<D>]) -> BoxFuture<'a, Answers<D::Answer>> {
+    fn answer(&self, batch: Vec<Query<D>>) -> BoxFuture<'_, Answers<D::Answer>> {
         let model = self.model.clone();
-        let batch: Vec<Query<D>> = batch.to_vec();
         Box::pin(async move {
             tokio::task::spawn_blocking(move || {
                 let queries: Vec<_> = batch.iter().map(|q| (&q.instance, &q.question)).collect();

@@ -47,7 +47,9 @@ pub struct Answered<A> {
 }
 
 struct Job<D: Domain> {
+    /// Moved into the batch when it runs; `len` keeps the count.
     queries: Vec<Query<D>>,
+    len: usize,
     reply: oneshot::Sender<Result<Answered<D::Answer>, AnswerError>>,
     enqueued: Instant,
 }
@@ -96,6 +98,7 @@ impl<D: Domain> Batcher<D> {
         self.stats.calls.fetch_add(1, Ordering::Relaxed);
         let (reply, answer) = oneshot::channel();
         let job = Job {
+            len: queries.len(),
             queries,
             reply,
             enqueued: Instant::now(),
@@ -158,29 +161,28 @@ async fn run<D: Domain>(
             continue;
         }
         let current = answerer.read().unwrap_or_else(|p| p.into_inner()).clone();
-        let queries: Vec<Query<D>> = jobs
-            .iter()
-            .flat_map(|j| j.queries.iter().cloned())
-            .collect();
+        let mut queries: Vec<Query<D>> = Vec::with_capacity(jobs.iter().map(|j| j.len).sum());
+        for job in &mut jobs {
+            queries.append(&mut job.queries);
+        }
+        let asked = queries.len();
         let started = Instant::now();
-        let result = current.answer(&queries).await;
+        let result = current.answer(queries).await;
         let compute = started.elapsed();
         stats.batches.fetch_add(1, Ordering::Relaxed);
-        stats
-            .questions
-            .fetch_add(queries.len() as u64, Ordering::Relaxed);
+        stats.questions.fetch_add(asked as u64, Ordering::Relaxed);
         stats
             .compute_us_total
             .fetch_add(compute.as_micros() as u64, Ordering::Relaxed);
         match result {
-            Ok(answers) if answers.len() == queries.len() => {
+            Ok(answers) if answers.len() == asked => {
                 let mut answers = answers.into_iter();
                 for job in jobs {
                     let queue = started - job.enqueued;
                     stats
                         .queue_us_total
                         .fetch_add(queue.as_micros() as u64, Ordering::Relaxed);
-                    let mine: Vec<_> = answers.by_ref().take(job.queries.len()).collect();
+                    let mine: Vec<_> = answers.by_ref().take(job.len).collect();
                     let _ = job.reply.send(Ok(Answered {
                         answers: mine,
                         queue,
@@ -190,9 +192,8 @@ async fn run<D: Domain>(
             }
             Ok(answers) => {
                 let e = AnswerError::Internal(format!(
-                    "answerer returned {} answers for {} questions",
+                    "answerer returned {} answers for {asked} questions",
                     answers.len(),
-                    queries.len()
                 ));
                 for job in jobs {
                     let _ = job.reply.send(Err(e.clone()));
@@ -240,12 +241,12 @@ impl<D: Domain> Answerer<D> for BatchedAnswerer<D> {
         self.answerer.read().unwrap_or_else(|p| p.into_inner()).id()
     }
 
-    fn answer<'a>(
-        &'a self,
-        batch: &'a [Query<D>],
-    ) -> futures::future::BoxFuture<'a, crate::answerer::Answers<D::Answer>> {
+    fn answer(
+        &self,
+        batch: Vec<Query<D>>,
+    ) -> futures::future::BoxFuture<'_, crate::answerer::Answers<D::Answer>> {
         Box::pin(async move {
-            match self.batcher.submit(batch.to_vec()).await {
+            match self.batcher.submit(batch).await {
                 Ok(answered) => Ok(answered.answers),
                 Err(ServiceError::ResourceExhausted(m)) => Err(AnswerError::Overloaded(m)),
                 Err(e) => Err(AnswerError::Unavailable(e.to_string())),

@@ -71,7 +71,7 @@ impl<D: Domain> Answerer<D> for SlowOracle<D> {
         AnswererId::oracle()
     }
 
-    fn answer<'a>(&'a self, batch: &'a [Query<D>]) -> BoxFuture<'a, Answers<D::Answer>> {
+    fn answer(&self, batch: Vec<Query<D>>) -> BoxFuture<'_, Answers<D::Answer>> {
         Box::pin(async move {
             if !self.delay.is_zero() {
                 tokio::time::sleep(self.delay).await;
@@ -92,7 +92,7 @@ impl<D: Domain> Answerer<D> for NotLoaded {
         }
     }
 
-    fn answer<'a>(&'a self, _: &'a [Query<D>]) -> BoxFuture<'a, Answers<D::Answer>> {
+    fn answer(&self, _: Vec<Query<D>>) -> BoxFuture<'_, Answers<D::Answer>> {
         Box::pin(std::future::ready(Err(AnswerError::Unavailable(
             "this worker has no model loaded yet".to_string(),
         ))))

@@ -11,8 +11,9 @@ use hch::domain::Domain;
 use tokio::sync::watch;
 
 /// The oracle behind a gate: every call records itself, then waits until the test opens the gate
-/// (or forever, if it never does). Counts calls per question and calls dropped while waiting, so
-/// tests can see single-flight and cancellation directly.
+/// (or forever, if it never does). Counts the questions asked (per question) and the questions
+/// whose call was dropped while waiting, so tests can see single-flight and cancellation directly
+/// whether the evaluator sends a tree's leaves one by one or together.
 pub struct Gated<D: Domain> {
     oracle: Oracle<D>,
     open: watch::Sender<bool>,
@@ -39,7 +40,7 @@ impl<D: Domain> Gated<D> {
         self.open.send_replace(true);
     }
 
-    /// Resolves once at least `n` calls have entered the answerer.
+    /// Resolves once at least `n` questions have entered the answerer.
     pub async fn entered(&self, n: usize) {
         let mut rx = self.entered.subscribe();
         rx.wait_for(|&e| e >= n)
@@ -55,6 +56,7 @@ impl<D: Domain> Gated<D> {
         self.calls.lock().unwrap().values().sum()
     }
 
+    /// Questions whose call was dropped before the gate opened.
     pub fn cancelled(&self) -> usize {
         self.cancelled.load(Ordering::SeqCst)
     }
@@ -62,13 +64,14 @@ impl<D: Domain> Gated<D> {
 
 struct CancelGuard<'a> {
     cancelled: &'a AtomicUsize,
+    questions: usize,
     armed: bool,
 }
 
 impl Drop for CancelGuard<'_> {
     fn drop(&mut self) {
         if self.armed {
-            self.cancelled.fetch_add(1, Ordering::SeqCst);
+            self.cancelled.fetch_add(self.questions, Ordering::SeqCst);
         }
     }
 }
@@ -78,17 +81,18 @@ impl<D: Domain> Answerer<D> for Gated<D> {
         AnswererId::oracle()
     }
 
-    fn answer<'a>(&'a self, batch: &'a [Query<D>]) -> BoxFuture<'a, Answers<D::Answer>> {
+    fn answer(&self, batch: Vec<Query<D>>) -> BoxFuture<'_, Answers<D::Answer>> {
         Box::pin(async move {
             {
                 let mut calls = self.calls.lock().unwrap();
-                for q in batch {
+                for q in &batch {
                     *calls.entry(q.question.clone()).or_default() += 1;
                 }
             }
             self.entered.send_modify(|e| *e += batch.len());
             let mut guard = CancelGuard {
                 cancelled: &self.cancelled,
+                questions: batch.len(),
                 armed: true,
             };
             let mut open = self.open.subscribe();
