@@ -33,16 +33,16 @@ pub struct ServingArgs {
     #[arg(long)]
     domain: Option<DomainKind>,
     /// Most questions per forward pass.
-    #[arg(long, default_value_t = 512)]
+    #[arg(long, default_value_t = BatchConfig::default().max_batch)]
     max_batch: usize,
-    /// Longest a batch waits to fill, in microseconds.
-    #[arg(long, default_value_t = 2000)]
+    /// Longest a batch waits to fill, in microseconds (0: go as soon as the model is free).
+    #[arg(long, default_value_t = BatchConfig::default().max_wait.as_micros() as u64)]
     max_wait_us: u64,
     /// Calls that may wait in a worker's queue before RESOURCE_EXHAUSTED.
-    #[arg(long, default_value_t = 1024)]
+    #[arg(long, default_value_t = BatchConfig::default().queue_capacity)]
     queue: usize,
     /// Instances a worker keeps per domain.
-    #[arg(long, default_value_t = 4096)]
+    #[arg(long, default_value_t = WorkerConfig::default().facts_cache)]
     facts_cache: usize,
     /// libtorch threads (0: one per core).
     #[arg(long, default_value_t = 0)]
@@ -89,10 +89,10 @@ pub struct WorkerArgs {
 #[derive(Args, Debug, Clone)]
 pub struct CoordinatorOptions {
     /// Trees evaluated at once; more are refused with RESOURCE_EXHAUSTED.
-    #[arg(long, default_value_t = 1024)]
+    #[arg(long, default_value_t = CoordinatorConfig::default().max_trees)]
     max_trees: usize,
     /// Calls in flight per worker (batches grow while they wait).
-    #[arg(long, default_value_t = 4)]
+    #[arg(long, default_value_t = PoolConfig::default().max_in_flight_per_worker)]
     max_in_flight_per_worker: usize,
 }
 

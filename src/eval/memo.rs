@@ -148,6 +148,25 @@ impl<D: Domain> Default for Memo<D> {
 }
 
 impl<D: Domain> Memo<D> {
+    /// Without waiting: the finished value for `key`, or the claim to compute it; `Err(key)` if
+    /// it is being computed (then [`Memo::claim`] waits for it).
+    pub(crate) fn try_claim(&self, key: MemoKey<D>) -> Result<Claim<'_, D>, MemoKey<D>> {
+        match self.table.entry(key) {
+            Entry::Vacant(vacant) => {
+                let key = vacant.key().clone();
+                vacant.insert(Slot::Pending(None));
+                Ok(Claim::Compute(Computing {
+                    memo: self,
+                    key: Some(key),
+                }))
+            }
+            Entry::Occupied(occupied) => match occupied.get() {
+                Slot::Done(m) => Ok(Claim::Hit(m.clone())),
+                Slot::Pending(_) => Err(occupied.key().clone()),
+            },
+        }
+    }
+
     /// Returns the finished value for `key`, waiting if it is being computed, or the claim to
     /// compute it.
     pub(crate) async fn claim(&self, key: MemoKey<D>) -> Claim<'_, D> {

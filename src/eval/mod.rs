@@ -552,46 +552,43 @@ impl<D: Domain> TreeCtx<D> {
                 return (None, AnsweredBy::Nobody, Some(Exhausted::Deadline));
             }
         }
-        if !self.memo {
-            return self.compute(question, depth, id).await;
-        }
-        let key = MemoKey {
-            question: question.clone(),
-            horizon: (!self.horizon_free).then(|| self.depth_limit.saturating_sub(depth)),
-            answerer: if depth >= self.depth_limit || !self.horizon_free {
-                self.answerer_key
-            } else {
-                0
-            },
+        // The node's future lives in memory for as long as its subtree is in flight, and a tree
+        // walk touches every pending node: the rare paths (waiting on another evaluation, budget
+        // exhaustion) are boxed so that they do not widen every node's future.
+        let claim = if self.memo {
+            let key = MemoKey {
+                question: question.clone(),
+                horizon: (!self.horizon_free).then(|| self.depth_limit.saturating_sub(depth)),
+                answerer: if depth >= self.depth_limit || !self.horizon_free {
+                    self.answerer_key
+                } else {
+                    0
+                },
+            };
+            let claim = match self.instance.memo.try_claim(key) {
+                Ok(claim) => claim,
+                Err(key) => Box::pin(self.instance.memo.claim(key)).await,
+            };
+            match claim {
+                Claim::Compute(claim) => Some(claim),
+                // Taken unless it depended on another tree's exhausted budget.
+                Claim::Hit(m) if m.tainted_by.map_or(true, |t| t == self.tree) => {
+                    self.memo_hits.fetch_add(1, Ordering::Relaxed);
+                    return (m.answer, AnsweredBy::Memo, None);
+                }
+                Claim::Hit(_) => None,
+            }
+        } else {
+            None
         };
-        match self.instance.memo.claim(key).await {
-            Claim::Hit(m) => self.reuse(&m, question, depth, id).await,
-            Claim::Compute(claim) => {
-                let (answer, by, exhausted) = self.compute(question, depth, id).await;
-                claim.finish(Memoed {
-                    answer: answer.clone(),
-                    tainted_by: self.tainted.load(Ordering::Relaxed).then_some(self.tree),
-                });
-                (answer, by, exhausted)
-            }
+        let (answer, by, exhausted) = self.compute(question, depth, id).await;
+        if let Some(claim) = claim {
+            claim.finish(Memoed {
+                answer: answer.clone(),
+                tainted_by: self.tainted.load(Ordering::Relaxed).then_some(self.tree),
+            });
         }
-    }
-
-    /// Takes a memoised answer, unless it depended on another tree's exhausted budget.
-    async fn reuse(
-        &self,
-        m: &Memoed<D::Answer>,
-        question: &D::Question,
-        depth: u32,
-        id: NodeId,
-    ) -> NodeOutcome<D::Answer> {
-        match m.tainted_by {
-            Some(t) if t != self.tree => self.compute(question, depth, id).await,
-            _ => {
-                self.memo_hits.fetch_add(1, Ordering::Relaxed);
-                (m.answer.clone(), AnsweredBy::Memo, None)
-            }
-        }
+        (answer, by, exhausted)
     }
 
     async fn compute(
@@ -601,13 +598,13 @@ impl<D: Domain> TreeCtx<D> {
         id: NodeId,
     ) -> NodeOutcome<D::Answer> {
         if self.nodes.fetch_add(1, Ordering::Relaxed) >= self.max_nodes {
-            return self.degrade(question, Exhausted::Nodes).await;
+            return Box::pin(self.degrade(question, Exhausted::Nodes)).await;
         }
         if depth >= self.depth_limit {
             return if depth >= self.leaf_depth {
                 self.leaf(question, None).await
             } else {
-                self.degrade(question, Exhausted::Depth).await
+                Box::pin(self.degrade(question, Exhausted::Depth)).await
             };
         }
         let asked = AtomicU32::new(0);

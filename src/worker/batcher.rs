@@ -23,7 +23,10 @@ use crate::rpc::ServiceError;
 pub struct BatchConfig {
     /// Most questions in one forward pass (a single larger call is still answered whole).
     pub max_batch: usize,
-    /// Longest a batch waits to fill once its first call arrived.
+    /// Longest a batch waits to fill once its first call arrived. Zero (the default) sends a batch
+    /// as soon as the answerer is free: calls that arrive while it computes form the next batch,
+    /// so under load batches are full anyway, and the coordinator has already merged each call's
+    /// questions from many trees. A wait only buys fuller batches at moderate load, for latency.
     pub max_wait: Duration,
     /// Calls that may wait in the queue.
     pub queue_capacity: usize,
@@ -33,7 +36,7 @@ impl Default for BatchConfig {
     fn default() -> Self {
         Self {
             max_batch: 512,
-            max_wait: Duration::from_millis(2),
+            max_wait: Duration::ZERO,
             queue_capacity: 1024,
         }
     }
