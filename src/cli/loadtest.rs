@@ -31,8 +31,9 @@ pub struct LoadtestArgs {
     /// Oracle workers to start.
     #[arg(long, default_value_t = 2)]
     workers: usize,
-    /// Concurrent clients, in both phases.
-    #[arg(long, default_value_t = 256)]
+    /// Concurrent clients, in both phases (each keeps one tree or call in flight; enough to
+    /// keep a two-core machine busy).
+    #[arg(long, default_value_t = 512)]
     clients: usize,
     /// Seconds per phase.
     #[arg(long, default_value_t = 5.0)]

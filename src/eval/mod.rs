@@ -6,6 +6,11 @@
 //! [`Evaluator::evaluate`] cancels every node and every pending answerer call beneath it. Many trees
 //! run concurrently by being polled concurrently (joined or spawned by the caller).
 //!
+//! Leaves are answered a wave at a time: a pass over the tree reaches every leaf it can, those
+//! leaves go to the answerer as one batch, and the tree is walked again once their answers are in
+//! place (see `TreeCtx::drive`). A tree whose H asks in parallel costs one answerer call per level
+//! of sequential dependence, not one per leaf, and a remote answerer wakes it once per batch.
+//!
 //! Per node, in order:
 //! 1. the deadline (if the tree has one) is checked: past it, the node is unknown;
 //! 2. the memo (see [`memo`]) is consulted: an identical evaluation, finished or in flight, in this
