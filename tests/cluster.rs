@@ -123,6 +123,54 @@ async fn a_coordinator_and_three_workers_answer_every_domain() {
     cluster.stop().await;
 }
 
+/// A tree's wave of leaves larger than the most questions a worker call may carry is split over
+/// several calls, and its answers come back together and in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wave_wider_than_a_call_is_split_and_reassembled() {
+    let max_batch = 5;
+    let mut config = CoordinatorConfig::default();
+    config.remote.max_batch = max_batch;
+    let cluster = cluster(2, Duration::ZERO, WorkerConfig::default(), config).await;
+    let mut client = client(&cluster).await;
+    let d = hch::domain::wildcard::Wildcard;
+    for seed in 0..4 {
+        let instance = Instance::generate(&d, 64, seed).unwrap();
+        let question = d.parse_question("******").unwrap();
+        let mut request = ask(
+            DomainKind::Wildcard,
+            d.print_facts(instance.facts()),
+            "******".to_string(),
+            "hch:6",
+        );
+        request.want_trace = true;
+        let r = client.ask(request).await.unwrap().into_inner();
+        assert_eq!(
+            r.answer,
+            d.print_answer(&d.truth(instance.facts(), &question))
+        );
+        assert_eq!(r.exhausted, "");
+        // The 64 leaves of the one wave (every leaf is a distinct string)...
+        assert_eq!(r.stats.unwrap().answerer_queries, 64);
+        // ...each with its own answer (a sum at the root would hide answers out of order).
+        let trace = r.trace.expect("trace requested");
+        let leaves = trace.nodes.iter().filter(|n| n.by == "answerer");
+        assert_eq!(leaves.clone().count(), 64);
+        for node in leaves {
+            let q = d.parse_question(&node.question).unwrap();
+            assert_eq!(node.answer, d.print_answer(&d.truth(instance.facts(), &q)));
+        }
+    }
+    let (answered, calls) = cluster.workers.iter().fold((0, 0), |(a, c), (_, w)| {
+        (a + w.questions_answered(), c + w.calls_and_batches().0)
+    });
+    assert_eq!(answered, 4 * 64);
+    assert!(
+        calls >= answered.div_ceil(max_batch as u64),
+        "{answered} questions in {calls} calls of at most {max_batch}"
+    );
+    cluster.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_tree_survives_a_worker_stopped_in_its_middle() {
     // Slow workers and a sequential tree (permutation powering at hch:3: 8 leaf calls one after
