@@ -5,18 +5,14 @@
 //! The spans are read from a recording `tracing` layer installed for this test binary alone (its own
 //! process: the subscriber is global, since the servers' tasks run on any runtime thread).
 
-use std::collections::HashMap;
-use std::net::SocketAddr;
-use std::sync::Mutex;
-use std::time::Duration;
+mod common;
 
-use hch::coordinator::pool::{PoolConfig, WorkerSource};
-use hch::coordinator::CoordinatorConfig;
+use std::collections::HashMap;
+use std::sync::Mutex;
+
 use hch::domain::wildcard::Wildcard;
 use hch::domain::{Domain, Instance};
 use hch::rpc::pb;
-use hch::server::Cluster;
-use hch::worker::{Serving, WorkerConfig};
 use tracing::field::{Field, Visit};
 use tracing::span::{Attributes, Id};
 use tracing::Subscriber;
@@ -91,22 +87,7 @@ async fn ask(
 async fn trace_context_travels_from_client_to_workers() {
     tracing::subscriber::set_global_default(tracing_subscriber::registry().with(Recorder))
         .expect("this test binary installs the only subscriber");
-    let cluster = Cluster::start(
-        2,
-        Serving::Oracle {
-            delay: Duration::ZERO,
-        },
-        WorkerConfig::default(),
-        SocketAddr::from(([127, 0, 0, 1], 0)),
-        PoolConfig {
-            source: WorkerSource::Static(Vec::new()),
-            refresh_every: Duration::from_millis(200),
-            ..PoolConfig::default()
-        },
-        CoordinatorConfig::default(),
-    )
-    .await
-    .unwrap();
+    let cluster = common::oracle_cluster(2).await;
     let mut client = pb::coordinator_client::CoordinatorClient::connect(format!(
         "http://{}",
         cluster.coordinator.addr

@@ -1,13 +1,15 @@
 //! `hch loadtest`: subquestions per second through a coordinator and oracle workers on loopback,
 //! against the raw rate of trivial unary gRPC calls (a worker's ModelInfo) measured in the same
-//! run, with the same number of concurrent clients.
+//! run, with the same number of concurrent clients. With `--coordinator` it loads a running
+//! deployment instead (and `--worker` names the raw baseline's target).
 //!
 //! The baseline is the best raw rate over one, two and four HTTP/2 connections (one connection is
 //! served by one task on each side, which leaves CPU idle on a multi-core machine), so the ratio
 //! is not flattered by a throttled baseline. Every tree gets a fresh instance (a new seed), so the
 //! memo cannot shortcut the work and the facts travel to a worker once per tree; the subquestion
-//! count is what the workers report having answered. The clients, the coordinator and the workers
-//! share this process and its cores, so "cores busy" covers all of them.
+//! count is what the trees report having sent to their answerer. The clients, the coordinator and
+//! the workers share this process and its cores, so "cores busy" covers all of them (with
+//! `--coordinator`, only the clients).
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -69,6 +71,22 @@ pub struct LoadtestArgs {
     /// Most questions in one coordinator-to-worker call (default: the coordinator's).
     #[arg(long)]
     max_batch: Option<usize>,
+    /// Load this running coordinator (`host:port` or a URL) instead of starting one here with
+    /// oracle workers; its workers must serve the domain.
+    #[arg(long)]
+    coordinator: Option<String>,
+    /// With --coordinator: a worker whose ModelInfo calls are the raw baseline (default: the
+    /// coordinator's Status calls).
+    #[arg(long, requires = "coordinator")]
+    worker: Option<String>,
+}
+
+fn url(addr: &str) -> String {
+    if addr.contains("://") {
+        addr.to_string()
+    } else {
+        format!("http://{addr}")
+    }
 }
 
 /// What one phase measured.
@@ -226,40 +244,72 @@ pub async fn run(args: LoadtestArgs) -> Result<()> {
             format!("{} instances", args.instances)
         }
     );
-    println!(
-        "settings: {} calls in flight per worker, {} questions per call at most, worker wait {} us",
-        pool_config.max_in_flight_per_worker,
-        coordinator_config.remote.max_batch,
-        worker_config.batch.max_wait.as_micros()
-    );
-    let cluster = Cluster::start(
-        args.workers.max(1),
-        Serving::Oracle {
-            delay: Duration::ZERO,
-        },
-        worker_config,
-        SocketAddr::from(([127, 0, 0, 1], 0)),
-        pool_config,
-        coordinator_config,
-    )
-    .await
-    .context("starting the cluster")?;
+    let (cluster, coordinator_addr) = match &args.coordinator {
+        Some(addr) => {
+            println!("target: the coordinator at {}", url(addr));
+            (None, url(addr))
+        }
+        None => {
+            println!(
+                "settings: {} calls in flight per worker, {} questions per call at most, worker wait {} us",
+                pool_config.max_in_flight_per_worker,
+                coordinator_config.remote.max_batch,
+                worker_config.batch.max_wait.as_micros()
+            );
+            let cluster = Cluster::start(
+                args.workers.max(1),
+                Serving::Oracle {
+                    delay: Duration::ZERO,
+                },
+                worker_config,
+                SocketAddr::from(([127, 0, 0, 1], 0)),
+                pool_config,
+                coordinator_config,
+            )
+            .await
+            .context("starting the cluster")?;
+            let addr = format!("http://{}", cluster.coordinator.addr);
+            (Some(cluster), addr)
+        }
+    };
     let period = Duration::from_secs_f64(args.seconds.max(0.1));
-    let worker_addr = format!("http://{}", cluster.workers[0].0.addr);
-    let coordinator_addr = format!("http://{}", cluster.coordinator.addr);
+    // The raw baseline: a worker's ModelInfo, or the coordinator's Status when no worker is given.
+    let raw_target = match (&cluster, &args.worker) {
+        (Some(c), _) => Some(format!("http://{}", c.workers[0].0.addr)),
+        (None, Some(addr)) => Some(url(addr)),
+        (None, None) => None,
+    };
 
     // Phase 1: trivial unary calls, over 1, 2 and 4 connections; the best is the baseline.
     let mut best: Option<Phase> = None;
     for connections in [1, 2, 4] {
-        let channels = connect(&worker_addr, connections).await?;
-        let raw = phase(args.clients, period, |i| {
-            let client = pb::worker_client::WorkerClient::new(channels[i % connections].clone());
-            move || {
-                let mut client = client.clone();
-                async move { client.model_info(pb::ModelInfoRequest {}).await.is_ok() }
+        let raw = match &raw_target {
+            Some(worker) => {
+                let channels = connect(worker, connections).await?;
+                phase(args.clients, period, |i| {
+                    let client =
+                        pb::worker_client::WorkerClient::new(channels[i % connections].clone());
+                    move || {
+                        let mut client = client.clone();
+                        async move { client.model_info(pb::ModelInfoRequest {}).await.is_ok() }
+                    }
+                })
+                .await?
             }
-        })
-        .await?;
+            None => {
+                let channels = connect(&coordinator_addr, connections).await?;
+                phase(args.clients, period, |i| {
+                    let client = pb::coordinator_client::CoordinatorClient::new(
+                        channels[i % connections].clone(),
+                    );
+                    move || {
+                        let mut client = client.clone();
+                        async move { client.status(pb::StatusRequest {}).await.is_ok() }
+                    }
+                })
+                .await?
+            }
+        };
         println!(
             "raw unary calls:      {:>10.0} calls/s over {connections} connection(s), {:.2} cores busy",
             raw.rate(),
@@ -277,63 +327,81 @@ pub async fn run(args: LoadtestArgs) -> Result<()> {
     );
 
     // Phase 2: trees through the coordinator.
+    // Subquestions are counted from the trees' own statistics (questions sent to the answerer),
+    // which a client sees whether the cluster is embedded or remote.
     let channels = connect(&coordinator_addr, args.connections).await?;
-    let worker_totals = |cluster: &Cluster| {
-        cluster.workers.iter().fold((0, 0, 0), |(q, c, b), (_, w)| {
-            let (wc, wb) = w.calls_and_batches();
-            (q + w.questions_answered(), c + wc, b + wb)
-        })
+    let worker_totals = |cluster: &Option<Cluster>| {
+        cluster
+            .iter()
+            .flat_map(|c| &c.workers)
+            .fold((0, 0, 0), |(q, c, b), (_, w)| {
+                let (wc, wb) = w.calls_and_batches();
+                (q + w.questions_answered(), c + wc, b + wb)
+            })
     };
     let before = worker_totals(&cluster);
+    let subquestions = Arc::new(AtomicU64::new(0));
     let seeds = Arc::new(AtomicU64::new(1));
     let (domain, size, instances) = (args.domain, args.size, args.instances);
-    let trees =
-        phase(args.clients, period, |i| {
-            let client = pb::coordinator_client::CoordinatorClient::new(
-                channels[i % channels.len()].clone(),
-            );
-            let (seeds, mode, question) = (seeds.clone(), args.mode.clone(), question.clone());
-            move || {
-                let mut client = client.clone();
-                let mut seed = seeds.fetch_add(1, Ordering::Relaxed);
-                if instances > 0 {
-                    seed %= instances;
-                }
-                let (facts, question) =
-                    with_domain!(domain, d => questions(&d, size, seed, question.as_deref()));
-                let request = pb::AskRequest {
-                    domain: domain.name().to_string(),
-                    instance: Some(pb::ask_request::Instance::InstanceText(facts)),
-                    question,
-                    mode: mode.clone(),
-                    budget: None,
-                    want_trace: false,
-                };
-                async move {
-                    matches!(client.ask(request).await, Ok(r) if r.get_ref().exhausted.is_empty())
+    let trees = phase(args.clients, period, |i| {
+        let client =
+            pb::coordinator_client::CoordinatorClient::new(channels[i % channels.len()].clone());
+        let (seeds, mode, question) = (seeds.clone(), args.mode.clone(), question.clone());
+        let subquestions = subquestions.clone();
+        move || {
+            let mut client = client.clone();
+            let mut seed = seeds.fetch_add(1, Ordering::Relaxed);
+            if instances > 0 {
+                seed %= instances;
+            }
+            let (facts, question) =
+                with_domain!(domain, d => questions(&d, size, seed, question.as_deref()));
+            let request = pb::AskRequest {
+                domain: domain.name().to_string(),
+                instance: Some(pb::ask_request::Instance::InstanceText(facts)),
+                question,
+                mode: mode.clone(),
+                budget: None,
+                want_trace: false,
+            };
+            let subquestions = subquestions.clone();
+            async move {
+                match client.ask(request).await {
+                    Ok(r) if r.get_ref().exhausted.is_empty() => {
+                        let asked = r.get_ref().stats.map_or(0, |s| s.answerer_queries);
+                        subquestions.fetch_add(asked, Ordering::Relaxed);
+                        true
+                    }
+                    _ => false,
                 }
             }
-        })
-        .await?;
+        }
+    })
+    .await?;
     let after = worker_totals(&cluster);
     let (answered, calls, batches) = (after.0 - before.0, after.1 - before.1, after.2 - before.2);
-    let sub_rate = answered as f64 / trees.elapsed;
+    let sub_rate = subquestions.load(Ordering::Relaxed) as f64 / trees.elapsed;
     println!(
-        "subquestions:         {sub_rate:>10.0} subquestions/s ({:.0} trees/s, {} degraded or failed, {:.2} cores busy)",
+        "subquestions:         {sub_rate:>10.0} subquestions/s ({:.0} trees/s, {} degraded or failed, {:.2} cores busy{})",
         trees.rate(),
         trees.failed,
-        trees.cores
+        trees.cores,
+        if cluster.is_some() { "" } else { " by the clients" }
     );
     println!("tree latency:         {}", percentiles(trees.latencies));
-    println!(
-        "batching:             {:>10.1} subquestions per worker call, {:.1} calls per forward pass ({calls} calls)",
-        answered as f64 / calls.max(1) as f64,
-        calls as f64 / batches.max(1) as f64
-    );
+    if cluster.is_some() {
+        println!(
+            "batching:             {:>10.1} subquestions per worker call, {:.1} calls per forward pass ({calls} calls)",
+            answered as f64 / calls.max(1) as f64,
+            calls as f64 / batches.max(1) as f64
+        );
+    }
     println!(
         "ratio:                {:>10.1}x the raw unary rate",
         sub_rate / raw_rate.max(1e-9)
     );
-    cluster.stop().await;
+    if let Some(cluster) = cluster {
+        cluster.stop().await;
+    }
     Ok(())
 }

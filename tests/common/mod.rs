@@ -137,3 +137,23 @@ pub fn tiny_run<D: Domain>(domain: &D, size: usize, supervised: bool) -> hch::tr
         },
     }
 }
+
+/// A coordinator and `workers` oracle workers on loopback ports, with default settings.
+pub async fn oracle_cluster(workers: usize) -> hch::server::Cluster {
+    use hch::coordinator::pool::{PoolConfig, WorkerSource};
+    hch::server::Cluster::start(
+        workers,
+        hch::worker::Serving::Oracle {
+            delay: std::time::Duration::ZERO,
+        },
+        hch::worker::WorkerConfig::default(),
+        std::net::SocketAddr::from(([127, 0, 0, 1], 0)),
+        PoolConfig {
+            source: WorkerSource::Static(Vec::new()),
+            ..PoolConfig::default()
+        },
+        hch::coordinator::CoordinatorConfig::default(),
+    )
+    .await
+    .expect("an oracle cluster starts on loopback")
+}
