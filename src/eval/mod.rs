@@ -726,9 +726,17 @@ impl<D: Domain> TreeCtx<D> {
                 let n = asked.len();
                 match self.answerer.clone() {
                     Some(answerer) => {
-                        batches.push(Box::pin(
-                            async move { (first, n, answerer.answer(asked).await) },
-                        ))
+                        let mut batch: LeafBatch<'a, D::Answer> =
+                            Box::pin(async move { (first, n, answerer.answer(asked).await) });
+                        // An in-process answerer is often ready at once: then the batch never
+                        // needs a place among those in flight.
+                        match batch.as_mut().poll(cx) {
+                            Poll::Ready((first, n, answers)) => {
+                                self.deliver(first, n, answers);
+                                tree_wake.woken.store(true, Ordering::Release);
+                            }
+                            Poll::Pending => batches.push(batch),
+                        }
                     }
                     // `leaf` asks only when there is an answerer; this keeps the books straight.
                     None => {
