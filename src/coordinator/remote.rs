@@ -1,14 +1,14 @@
 //! The pool of workers behind the [`Answerer`] interface.
 //!
 //! Each tree hands its leaf questions over a wave at a time (see `eval`), as one group; the groups
-//! of every tree of a domain go into one queue. A coalescing task takes the first group, waits for a
-//! free call slot on the least busy worker (while it waits, more groups pile up), then takes
+//! of every tree of a domain go into one queue. A coalescing task takes the first group, waits for
+//! a free call slot on the least busy worker (while it waits, more groups pile up), then takes
 //! whole groups queued (up to a maximum batch of questions) and sends them as one call. Each group
-//! gets its answers back through one channel, so a tree is woken once per call that answers it. Facts go to a
-//! worker once; afterwards only their hash, and a worker that lost them says so and gets the text
-//! again. A failed or overloaded worker's batch is retried on another one. When every tree waiting
-//! on a batch has gone away (the client cancelled, or a deadline passed), the call is dropped,
-//! which cancels it on the worker too.
+//! gets its answers back through one channel, so a tree is woken once per call that answers it.
+//! Facts go to a worker once; afterwards only their hash, and a worker that lost them says so and
+//! gets the text again. A failed or overloaded worker's batch is retried on another one. When every
+//! tree waiting on a batch has gone away (the client cancelled, or a deadline passed), the call is
+//! dropped, which cancels it on the worker too.
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -104,18 +104,16 @@ impl<D: Domain + Copy> Answerer<D> for RemoteAnswerer<D> {
         Box::pin(async move {
             let closed =
                 || AnswerError::Unavailable("the coordinator's worker queue closed".to_string());
-            if receivers.len() == 1 {
-                return receivers
-                    .pop()
-                    .expect("one receiver")
-                    .await
-                    .map_err(|_| closed())?;
-            }
-            let mut answers = Vec::new();
+            // Usually one group: its answers are the batch's, without a copy.
+            let mut answers: Option<Vec<_>> = None;
             for rx in receivers {
-                answers.extend(rx.await.map_err(|_| closed())??);
+                let group = rx.await.map_err(|_| closed())??;
+                match &mut answers {
+                    None => answers = Some(group),
+                    Some(all) => all.extend(group),
+                }
             }
-            Ok(answers)
+            Ok(answers.unwrap_or_default())
         })
     }
 }
