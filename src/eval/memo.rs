@@ -169,20 +169,17 @@ impl<D: Domain> Memo<D> {
 
     /// Returns the finished value for `key`, waiting if it is being computed, or the claim to
     /// compute it.
-    pub(crate) async fn claim(&self, key: MemoKey<D>) -> Claim<'_, D> {
+    pub(crate) async fn claim(&self, mut key: MemoKey<D>) -> Claim<'_, D> {
         loop {
-            let waiter = match self.table.entry(key.clone()) {
-                Entry::Vacant(vacant) => {
-                    vacant.insert(Slot::Pending(None));
-                    return Claim::Compute(Computing {
-                        memo: self,
-                        key: Some(key),
-                    });
-                }
-                Entry::Occupied(mut occupied) => match occupied.get_mut() {
-                    Slot::Done(m) => return Claim::Hit(m.clone()),
-                    Slot::Pending(w) => w.get_or_insert_with(Default::default).clone(),
-                },
+            key = match self.try_claim(key) {
+                Ok(claim) => return claim,
+                Err(key) => key,
+            };
+            let waiter = match self.table.get_mut(&key).as_deref_mut() {
+                Some(Slot::Pending(w)) => w.get_or_insert_with(Default::default).clone(),
+                Some(Slot::Done(m)) => return Claim::Hit(m.clone()),
+                // Released since: claim it afresh.
+                None => continue,
             };
             let mut notified = pin!(waiter.notified());
             // Register before looking again, so a wake-up between the two cannot be missed; the

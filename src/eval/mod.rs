@@ -461,10 +461,8 @@ struct TreeCtx<D: Domain> {
 
 /// The leaves of one tree: questions asked and not yet sent, and answers not yet taken.
 struct Leaves<D: Domain> {
-    /// Asked since the last batch was sent; they take the slots from `next_slot`.
+    /// Asked since the last batch was sent: the questions of the last `asked.len()` slots.
     asked: Vec<Query<D>>,
-    /// Slot of `asked[0]`.
-    first_asked: usize,
     /// Answers by slot; `None` until the answer arrives, and again once the leaf has taken it.
     slots: Vec<Option<Result<Option<D::Answer>, AnswerError>>>,
 }
@@ -473,7 +471,6 @@ impl<D: Domain> Default for Leaves<D> {
     fn default() -> Self {
         Self {
             asked: Vec::new(),
-            first_asked: 0,
             slots: Vec::new(),
         }
     }
@@ -654,9 +651,6 @@ impl<D: Domain> TreeCtx<D> {
         self.answerer_queries.fetch_add(1, Ordering::Relaxed);
         let slot = {
             let mut leaves = self.lock_leaves();
-            if leaves.asked.is_empty() {
-                leaves.first_asked = leaves.slots.len();
-            }
             leaves.asked.push(Query {
                 instance: self.instance.clone(),
                 question: question.clone(),
@@ -718,7 +712,8 @@ impl<D: Domain> TreeCtx<D> {
                 }
                 let (first, asked) = {
                     let mut leaves = self.lock_leaves();
-                    (leaves.first_asked, std::mem::take(&mut leaves.asked))
+                    let asked = std::mem::take(&mut leaves.asked);
+                    (leaves.slots.len() - asked.len(), asked)
                 };
                 if asked.is_empty() {
                     return Poll::Pending;
