@@ -16,12 +16,12 @@ else
 SETUP :=
 endif
 
-.PHONY: demo test test-rust test-python setup bench lint
+.PHONY: demo test test-rust test-python test-lean setup bench lint
 
 demo: $(SETUP)
 	cargo run --release -- demo
 
-test: test-rust test-python
+test: test-rust test-python test-lean
 
 test-rust: $(SETUP)
 	cargo test
@@ -34,6 +34,13 @@ test-python: $(SETUP) .venv/.ready
 	cargo test --no-run --quiet
 	.venv/bin/python tests/python/client_test.py $${CARGO_TARGET_DIR:-target}/debug/hch
 	.venv/bin/python tests/python/targets_test.py $${CARGO_TARGET_DIR:-target}/debug/hch
+
+# The build without libtorch (cargo feature `model` off: the coordinator's image, quick CLI use).
+# It shares the target directory: only the hch crate is rebuilt, and target/debug/hch is then the
+# lean binary until the next default build.
+test-lean:
+	cargo build --no-default-features --quiet
+	scripts/check-lean.sh $${CARGO_TARGET_DIR:-target}/debug/hch
 
 .venv/.ready:
 	python3 -m venv .venv
@@ -48,6 +55,7 @@ bench: $(SETUP)
 lint: $(SETUP)
 	cargo fmt --all -- --check
 	cargo clippy --all-targets --locked -- -D warnings
+	cargo clippy --all-targets --locked --no-default-features -- -D warnings
 
 $(LIBTORCH_STAMP):
 	scripts/setup-libtorch.sh

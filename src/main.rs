@@ -11,6 +11,8 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 fn main() -> ExitCode {
     match hch::cli::main() {
         Ok(()) => ExitCode::SUCCESS,
+        // The reader of our output went away (`hch sample | head -1`): nothing left to say.
+        Err(error) if hch::cli::is_broken_pipe(&error) => ExitCode::SUCCESS,
         Err(error) => {
             // The message and its causes, without a backtrace: these are errors for the person at
             // the terminal (bad input, missing files), not bugs.

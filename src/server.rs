@@ -228,6 +228,35 @@ pub async fn start_coordinator(
     ))
 }
 
+/// What an in-process [`Cluster`] runs: `workers` workers serving `serving`, and a coordinator on
+/// `coordinator_listen` over them. The default is two oracle workers and a coordinator on a free
+/// loopback port, each with its default settings.
+#[derive(Clone, Debug)]
+pub struct ClusterConfig {
+    pub workers: usize,
+    pub serving: Serving,
+    pub worker: WorkerConfig,
+    pub coordinator_listen: SocketAddr,
+    /// The pool's worker source is filled in with the workers' addresses.
+    pub pool: PoolConfig,
+    pub coordinator: CoordinatorConfig,
+}
+
+impl Default for ClusterConfig {
+    fn default() -> Self {
+        Self {
+            workers: 2,
+            serving: Serving::Oracle {
+                delay: std::time::Duration::ZERO,
+            },
+            worker: WorkerConfig::default(),
+            coordinator_listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            pool: PoolConfig::default(),
+            coordinator: CoordinatorConfig::default(),
+        }
+    }
+}
+
 /// A coordinator and its workers in one process, on loopback ports.
 pub struct Cluster {
     pub coordinator: Running,
@@ -236,35 +265,27 @@ pub struct Cluster {
 }
 
 impl Cluster {
-    /// Starts `workers` workers serving `serving`, then a coordinator over them, all on
-    /// 127.0.0.1 with free ports (or the coordinator on `coordinator_listen`).
-    pub async fn start(
-        workers: usize,
-        serving: Serving,
-        worker_config: WorkerConfig,
-        coordinator_listen: SocketAddr,
-        pool: PoolConfig,
-        config: CoordinatorConfig,
-    ) -> std::io::Result<Cluster> {
-        let mut started = Vec::with_capacity(workers);
-        for _ in 0..workers {
+    /// Starts the workers, each on 127.0.0.1 with a free port, then the coordinator over them.
+    pub async fn start(config: ClusterConfig) -> std::io::Result<Cluster> {
+        let mut started = Vec::with_capacity(config.workers);
+        for _ in 0..config.workers {
             started.push(
                 start_worker(
                     SocketAddr::from(([127, 0, 0, 1], 0)),
-                    serving.clone(),
-                    worker_config.clone(),
+                    config.serving.clone(),
+                    config.worker.clone(),
                 )
                 .await?,
             );
         }
         let addresses = started.iter().map(|(r, _)| r.addr.to_string()).collect();
         let (coordinator, coordinator_service) = start_coordinator(
-            coordinator_listen,
+            config.coordinator_listen,
             PoolConfig {
                 source: WorkerSource::Static(addresses),
-                ..pool
+                ..config.pool
             },
-            config,
+            config.coordinator,
         )
         .await?;
         Ok(Cluster {

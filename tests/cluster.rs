@@ -1,25 +1,20 @@
 //! The distributed system on real sockets: a coordinator and oracle workers on 127.0.0.1, port 0,
 //! spoken to by a real tonic client.
 
-use std::net::SocketAddr;
 use std::time::Duration;
 
-use hch::coordinator::pool::{PoolConfig, WorkerSource};
+use hch::answerer::batched::BatchConfig;
+use hch::coordinator::pool::PoolConfig;
 use hch::coordinator::CoordinatorConfig;
 use hch::domain::{Domain, DomainKind, Instance};
 use hch::rng::Rng;
 use hch::rpc::pb;
-use hch::server::Cluster;
+use hch::server::{Cluster, ClusterConfig};
 use hch::with_domain;
-use hch::worker::batcher::BatchConfig;
 use hch::worker::{Serving, WorkerConfig};
 use tonic::Code;
 
 type Client = pb::coordinator_client::CoordinatorClient<tonic::transport::Channel>;
-
-fn any_port() -> SocketAddr {
-    SocketAddr::from(([127, 0, 0, 1], 0))
-}
 
 async fn cluster(
     workers: usize,
@@ -27,18 +22,17 @@ async fn cluster(
     worker: WorkerConfig,
     config: CoordinatorConfig,
 ) -> Cluster {
-    Cluster::start(
+    Cluster::start(ClusterConfig {
         workers,
-        Serving::Oracle { delay },
+        serving: Serving::Oracle { delay },
         worker,
-        any_port(),
-        PoolConfig {
-            source: WorkerSource::Static(Vec::new()),
+        pool: PoolConfig {
             refresh_every: Duration::from_millis(200),
             ..PoolConfig::default()
         },
-        config,
-    )
+        coordinator: config,
+        ..ClusterConfig::default()
+    })
     .await
     .unwrap()
 }

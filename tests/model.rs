@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use hch::answerer::{Answerer, Query};
+use hch::answerer::{Answerer, AnswererId, Query};
 use hch::domain::Instance;
 use hch::model::answerer::ModelAnswerer;
 use hch::model::config::{ModelConfig, Preset};
@@ -167,7 +167,8 @@ async fn model_answerer_answers_batches() {
         .map(|e| (&e.instance, &e.question))
         .collect();
     let direct = model.predict(&queries);
-    let answerer = ModelAnswerer::new(model, 42, "model test");
+    let id = AnswererId::custom(42, "model test");
+    let answerer = ModelAnswerer::new(model, id.clone());
     let batch: Vec<Query<_>> = examples
         .iter()
         .map(|e| Query {
@@ -177,7 +178,7 @@ async fn model_answerer_answers_batches() {
         .collect();
     let answers = answerer.answer(batch).await.unwrap();
     assert_eq!(answers, direct);
-    assert_eq!(answerer.id().key, 42);
+    assert_eq!(answerer.id(), id);
     let _: Arc<Instance<_>> = examples[0].instance.clone();
 }
 
@@ -223,8 +224,8 @@ mod generations {
         });
         assert!(a.equal(&b));
         let id = loaded.answerer_id();
-        assert_ne!(id.key, 0);
-        assert_eq!(&*id.label, "model g0");
+        assert_eq!(id.generation(), Some(0));
+        assert_eq!(&**id.label(), "model g0");
         std::fs::remove_dir_all(dir).unwrap();
     }
 

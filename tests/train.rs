@@ -4,14 +4,12 @@
 
 mod common;
 
-use std::net::SocketAddr;
 use std::time::Duration;
 
 use hch::coordinator::pool::PoolConfig;
-use hch::coordinator::CoordinatorConfig;
 use hch::domain::permutation::Permutation;
 use hch::domain::Domain;
-use hch::server::Cluster;
+use hch::server::{Cluster, ClusterConfig};
 use hch::train::{Progress, RemoteAmplifier, Run, StopAt};
 use hch::worker::{Serving, WorkerConfig};
 
@@ -24,23 +22,22 @@ async fn amplification_alone_raises_held_out_accuracy() {
     let mut run = Run::open(domain, &dir, common::tiny_run(&domain, size, false)).unwrap();
     run.initialise(&mut |_| {}).unwrap();
 
-    let cluster = Cluster::start(
-        2,
-        Serving::Registry {
+    let cluster = Cluster::start(ClusterConfig {
+        workers: 2,
+        serving: Serving::Registry {
             registry: run.registry().root().to_path_buf(),
             domain: Permutation::KIND,
         },
-        WorkerConfig {
+        worker: WorkerConfig {
             reload_every: Duration::from_millis(20),
             ..WorkerConfig::default()
         },
-        SocketAddr::from(([127, 0, 0, 1], 0)),
-        PoolConfig {
+        pool: PoolConfig {
             refresh_every: Duration::from_millis(20),
             ..PoolConfig::default()
         },
-        CoordinatorConfig::default(),
-    )
+        ..ClusterConfig::default()
+    })
     .await
     .unwrap();
     let source = RemoteAmplifier::connect(domain, &cluster.coordinator.addr.to_string())

@@ -11,7 +11,6 @@
 //! the workers share this process and its cores, so "cores busy" covers all of them (with
 //! `--coordinator`, only the clients).
 
-use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -22,11 +21,13 @@ use clap::Args;
 use crate::coordinator::pool::{PoolConfig, WorkerSource};
 use crate::coordinator::CoordinatorConfig;
 use crate::domain::{Domain, DomainKind, Instance, FULL_SIZE};
+use crate::eval::{Budget, Mode};
 use crate::rng::Rng;
+use crate::rpc::coordinator::{AskQuery, AskReply, InstanceSpec};
 use crate::rpc::pb;
-use crate::server::Cluster;
+use crate::server::{Cluster, ClusterConfig};
 use crate::with_domain;
-use crate::worker::{Serving, WorkerConfig};
+use crate::worker::WorkerConfig;
 
 #[derive(Args, Debug)]
 pub struct LoadtestArgs {
@@ -44,7 +45,7 @@ pub struct LoadtestArgs {
     domain: DomainKind,
     /// Mode of the trees.
     #[arg(long, default_value = "hch:6")]
-    mode: String,
+    mode: Mode,
     /// Instance size.
     #[arg(long, default_value_t = FULL_SIZE)]
     size: usize,
@@ -256,16 +257,13 @@ pub async fn run(args: LoadtestArgs) -> Result<()> {
                 coordinator_config.remote.max_batch,
                 worker_config.batch.max_wait.as_micros()
             );
-            let cluster = Cluster::start(
-                args.workers.max(1),
-                Serving::Oracle {
-                    delay: Duration::ZERO,
-                },
-                worker_config,
-                SocketAddr::from(([127, 0, 0, 1], 0)),
-                pool_config,
-                coordinator_config,
-            )
+            let cluster = Cluster::start(ClusterConfig {
+                workers: args.workers.max(1),
+                worker: worker_config,
+                pool: pool_config,
+                coordinator: coordinator_config,
+                ..ClusterConfig::default()
+            })
             .await
             .context("starting the cluster")?;
             let addr = format!("http://{}", cluster.coordinator.addr);
@@ -346,7 +344,7 @@ pub async fn run(args: LoadtestArgs) -> Result<()> {
     let trees = phase(args.clients, period, |i| {
         let client =
             pb::coordinator_client::CoordinatorClient::new(channels[i % channels.len()].clone());
-        let (seeds, mode, question) = (seeds.clone(), args.mode.clone(), question.clone());
+        let (seeds, mode, question) = (seeds.clone(), args.mode, question.clone());
         let subquestions = subquestions.clone();
         move || {
             let mut client = client.clone();
@@ -356,19 +354,21 @@ pub async fn run(args: LoadtestArgs) -> Result<()> {
             }
             let (facts, question) =
                 with_domain!(domain, d => questions(&d, size, seed, question.as_deref()));
-            let request = pb::AskRequest {
-                domain: domain.name().to_string(),
-                instance: Some(pb::ask_request::Instance::InstanceText(facts)),
+            let request = AskQuery {
+                domain,
+                instance: InstanceSpec::Text(facts),
                 question,
-                mode: mode.clone(),
-                budget: None,
+                mode,
+                budget: Budget::default(),
                 want_trace: false,
-            };
+            }
+            .encode();
             let subquestions = subquestions.clone();
             async move {
-                match client.ask(request).await {
-                    Ok(r) if r.get_ref().exhausted.is_empty() => {
-                        let asked = r.get_ref().stats.map_or(0, |s| s.answerer_queries);
+                let reply = client.ask(request).await.ok();
+                match reply.and_then(|r| AskReply::decode(r.into_inner()).ok()) {
+                    Some(r) if r.exhausted.is_none() => {
+                        let asked = r.stats.answerer_queries;
                         subquestions.fetch_add(asked, Ordering::Relaxed);
                         true
                     }

@@ -4,11 +4,41 @@
 mod loadtest;
 mod remote;
 mod serve;
+#[cfg(feature = "model")]
 mod train;
+
+#[cfg(feature = "model")]
+use train::{DemoArgs, ReportArgs, TrainArgs};
+#[cfg(not(feature = "model"))]
+type TrainArgs = NeedsModel;
+#[cfg(not(feature = "model"))]
+type ReportArgs = NeedsModel;
+#[cfg(not(feature = "model"))]
+type DemoArgs = NeedsModel;
+
+/// The arguments of a command this build cannot run, taken whole so that the refusal is about the
+/// command, not about a flag.
+#[cfg(not(feature = "model"))]
+#[derive(Args, Debug)]
+struct NeedsModel {
+    #[arg(trailing_var_arg = true, allow_hyphen_values = true, hide = true)]
+    args: Vec<String>,
+}
+
+/// What a command that needs libtorch says in a build without it.
+#[cfg(not(feature = "model"))]
+pub(crate) fn needs_model(what: &str) -> anyhow::Error {
+    anyhow::anyhow!(
+        "{what} needs the distilled models, and this hch was built without them (cargo feature \
+         `model`, which brings libtorch, is off): build with default features to use it"
+    )
+}
 
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
+
+use std::io::Write as _;
 
 use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand, ValueEnum};
@@ -50,12 +80,12 @@ enum Command {
     Loadtest(loadtest::LoadtestArgs),
     /// Amplify, distill, iterate: train generations of a model from H's decompositions alone
     /// (or, with --supervised, from the ground truth). Resumes a run directory where it stopped.
-    Train(train::TrainArgs),
+    Train(TrainArgs),
     /// Compare runs: per-generation tables, steps and time to an accuracy, and a plot (SVG).
-    Report(train::ReportArgs),
+    Report(ReportArgs),
     /// The main demo: an embedded coordinator and workers train a model from random weights
     /// by amplification until 95% held-out accuracy, then answer questions in every mode.
-    Demo(train::DemoArgs),
+    Demo(DemoArgs),
 }
 
 /// Where the instance comes from: generated from (size, seed), or given as text.
@@ -135,6 +165,16 @@ struct SampleArgs {
     questions: usize,
 }
 
+/// Whether `error` is a write to a reader that went away (`hch sample | head -1`): then a
+/// command-line tool stops quietly.
+pub fn is_broken_pipe(error: &anyhow::Error) -> bool {
+    error.chain().any(|cause| {
+        cause
+            .downcast_ref::<std::io::Error>()
+            .is_some_and(|e| e.kind() == std::io::ErrorKind::BrokenPipe)
+    })
+}
+
 /// Entry point of the `hch` binary.
 pub fn main() -> Result<()> {
     let cli = Cli::parse();
@@ -157,9 +197,18 @@ pub fn main() -> Result<()> {
             Command::Coordinator(args) => serve::coordinator(args).await,
             Command::Up(args) => serve::up(args).await,
             Command::Loadtest(args) => loadtest::run(args).await,
+            #[cfg(feature = "model")]
             Command::Train(args) => train::train(args).await,
+            #[cfg(feature = "model")]
             Command::Report(args) => train::report(args).await,
+            #[cfg(feature = "model")]
             Command::Demo(args) => train::demo(args).await,
+            #[cfg(not(feature = "model"))]
+            Command::Train(_) => Err(needs_model("hch train")),
+            #[cfg(not(feature = "model"))]
+            Command::Report(_) => Err(needs_model("hch report")),
+            #[cfg(not(feature = "model"))]
+            Command::Demo(_) => Err(needs_model("hch demo")),
         }
     })
 }
@@ -208,19 +257,22 @@ async fn ask<D: Domain + Copy>(domain: D, args: AskArgs) -> Result<()> {
         max_nodes: args.max_nodes,
         deadline: args.deadline_ms.map(Duration::from_millis),
     };
+    let mut out = std::io::stdout().lock();
     if args.show_instance {
-        println!("instance: {}", domain.print_facts(instance.facts()));
+        writeln!(out, "instance: {}", domain.print_facts(instance.facts()))?;
     }
     let result = evaluator
         .evaluate(&instance, question.clone(), args.mode, budget)
         .await?;
-    println!(
+    writeln!(
+        out,
         "{} {} = {}",
         D::KIND,
         domain.print_question(&question),
         print_reply(&domain, &result.answer)
-    );
-    println!(
+    )?;
+    writeln!(
+        out,
         "mode {}, {} nodes, {} memo hits, {} answerer queries, {:?}{}",
         args.mode,
         result.stats.nodes,
@@ -231,7 +283,7 @@ async fn ask<D: Domain + Copy>(domain: D, args: AskArgs) -> Result<()> {
             .exhausted
             .map(|e| format!(", degraded by {}", e.name()))
             .unwrap_or_default()
-    );
+    )?;
     if args.truth {
         let truth = domain.truth(instance.facts(), &question);
         let verdict = if result.answer.as_ref() == Some(&truth) {
@@ -239,11 +291,15 @@ async fn ask<D: Domain + Copy>(domain: D, args: AskArgs) -> Result<()> {
         } else {
             "WRONG"
         };
-        println!("ground truth: {} ({verdict})", domain.print_answer(&truth));
+        writeln!(
+            out,
+            "ground truth: {} ({verdict})",
+            domain.print_answer(&truth)
+        )?;
     }
     if args.tree {
         if let Some(trace) = &result.trace {
-            print!("{}", trace.render(&domain));
+            out.write_all(trace.render(&domain).as_bytes())?;
         }
     }
     Ok(())
@@ -251,15 +307,19 @@ async fn ask<D: Domain + Copy>(domain: D, args: AskArgs) -> Result<()> {
 
 fn sample<D: Domain>(domain: D, args: SampleArgs) -> Result<()> {
     let instance = load_instance(&domain, &args.instance)?;
-    println!("{}", domain.print_facts(instance.facts()));
+    // Written with `?`, not `println!`, so that a reader that stops early (`hch sample | head -1`)
+    // ends the command quietly instead of panicking (see `main`).
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "{}", domain.print_facts(instance.facts()))?;
     let mut rng = Rng::derived(args.instance.seed, 0x5a3);
     for _ in 0..args.questions {
         let q = domain.sample_question(instance.facts(), &mut rng);
-        println!(
+        writeln!(
+            out,
             "{}  ->  {}",
             domain.print_question(&q),
             domain.print_answer(&domain.truth(instance.facts(), &q))
-        );
+        )?;
     }
     Ok(())
 }

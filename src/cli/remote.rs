@@ -1,9 +1,13 @@
 //! `hch ask --addr`: a gRPC client of the coordinator.
 
+use std::io::Write as _;
+
 use anyhow::{Context, Result};
 
 use super::AskArgs;
-use crate::rpc::pb;
+use crate::eval::Budget;
+use crate::rpc::coordinator::{AskQuery, AskReply, InstanceSpec};
+use crate::rpc::{pb, ServiceError};
 
 pub async fn ask(args: AskArgs) -> Result<()> {
     let addr = args.addr.clone().unwrap_or_default();
@@ -11,101 +15,59 @@ pub async fn ask(args: AskArgs) -> Result<()> {
         .await
         .with_context(|| format!("connecting to the coordinator at {addr}"))?;
     let instance = match (&args.instance.instance, &args.instance.instance_file) {
-        (Some(text), _) => pb::ask_request::Instance::InstanceText(text.clone()),
-        (None, Some(path)) => pb::ask_request::Instance::InstanceText(
+        (Some(text), _) => InstanceSpec::Text(text.clone()),
+        (None, Some(path)) => InstanceSpec::Text(
             std::fs::read_to_string(path)
                 .with_context(|| format!("reading instance file {}", path.display()))?
                 .trim()
                 .to_string(),
         ),
-        (None, None) => pb::ask_request::Instance::Generated(pb::GeneratedInstance {
+        (None, None) => InstanceSpec::Generated {
             size: args.instance.size as u32,
             seed: args.instance.seed,
-        }),
+        },
     };
-    let request = pb::AskRequest {
-        domain: args.instance.domain.name().to_string(),
-        instance: Some(instance),
+    let query = AskQuery {
+        domain: args.instance.domain,
+        instance,
         question: args.question.clone(),
-        mode: args.mode.to_string(),
-        budget: Some(pb::Budget {
+        mode: args.mode,
+        budget: Budget {
             max_depth: args.max_depth,
             max_nodes: args.max_nodes,
-            deadline_ms: args.deadline_ms,
-        }),
+            deadline: args.deadline_ms.map(std::time::Duration::from_millis),
+        },
         want_trace: args.tree,
     };
+    let failed = |e: ServiceError| anyhow::anyhow!("{} ({:?})", e.message(), e.code());
     let response = client
-        .ask(request)
+        .ask(query.encode())
         .await
-        .map_err(|s| anyhow::anyhow!("{} ({:?})", s.message(), s.code()))?
-        .into_inner();
-    println!(
+        .map_err(|s| failed(s.into()))?;
+    let reply = AskReply::decode(response.into_inner()).map_err(failed)?;
+    let mut out = std::io::stdout().lock();
+    writeln!(
+        out,
         "{} {} = {}",
-        args.instance.domain, args.question, response.answer
-    );
-    let stats = response.stats.unwrap_or_default();
-    println!(
-        "tree {}, mode {}, {} nodes, {} memo hits, {} answerer queries ({}), {} µs{}",
-        response.tree_id,
+        args.instance.domain, args.question, reply.answer
+    )?;
+    writeln!(
+        out,
+        "tree {}, mode {}, {} nodes, {} memo hits, {} answerer queries ({}), {:?}{}",
+        reply.tree_id,
         args.mode,
-        stats.nodes,
-        stats.memo_hits,
-        stats.answerer_queries,
-        if response.answerer.is_empty() {
-            "none"
-        } else {
-            &response.answerer
-        },
-        stats.elapsed_us,
-        if response.exhausted.is_empty() {
-            String::new()
-        } else {
-            format!(", degraded by {}", response.exhausted)
-        }
-    );
-    if let Some(trace) = response.trace {
-        print!("{}", render(&trace));
+        reply.stats.nodes,
+        reply.stats.memo_hits,
+        reply.stats.answerer_queries,
+        reply.answerer.as_deref().unwrap_or("none"),
+        reply.elapsed,
+        reply
+            .exhausted
+            .map(|e| format!(", degraded by {}", e.name()))
+            .unwrap_or_default()
+    )?;
+    if let Some(trace) = reply.trace {
+        out.write_all(trace.render().as_bytes())?;
     }
     Ok(())
-}
-
-/// A wire trace as an indented tree, like the local `--tree` output.
-pub fn render(trace: &pb::Trace) -> String {
-    let mut children: std::collections::HashMap<u32, Vec<&pb::TraceNode>> = Default::default();
-    let mut root = None;
-    for n in &trace.nodes {
-        match n.parent {
-            Some(p) => children.entry(p).or_default().push(n),
-            None => root = Some(n),
-        }
-    }
-    let mut out = String::new();
-    let mut stack: Vec<(&pb::TraceNode, usize)> = root.into_iter().map(|r| (r, 0)).collect();
-    while let Some((n, indent)) = stack.pop() {
-        let who = if n.by == "answerer" {
-            trace.answerer.as_str()
-        } else {
-            n.by.as_str()
-        };
-        out.push_str(&format!(
-            "{}{} = {}  [{}{}, {} µs]\n",
-            "  ".repeat(indent),
-            n.question,
-            n.answer,
-            who,
-            if n.exhausted.is_empty() {
-                String::new()
-            } else {
-                format!(", {}", n.exhausted)
-            },
-            n.end_us.saturating_sub(n.start_us)
-        ));
-        if let Some(c) = children.get(&n.id) {
-            for child in c.iter().rev() {
-                stack.push((child, indent + 1));
-            }
-        }
-    }
-    out
 }

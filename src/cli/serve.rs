@@ -10,11 +10,11 @@ use anyhow::{bail, Context, Result};
 use clap::Args;
 use tokio::net::TcpListener;
 
+use crate::answerer::batched::BatchConfig;
 use crate::coordinator::pool::{PoolConfig, WorkerSource};
 use crate::coordinator::CoordinatorConfig;
 use crate::domain::DomainKind;
-use crate::server::{self, Cluster};
-use crate::worker::batcher::BatchConfig;
+use crate::server::{self, Cluster, ClusterConfig};
 use crate::worker::{Serving, Worker, WorkerConfig};
 
 /// What the workers answer with.
@@ -52,10 +52,13 @@ pub struct ServingArgs {
 impl ServingArgs {
     fn serving(&self) -> Result<Serving> {
         match (&self.registry, self.domain, self.oracle) {
+            #[cfg(feature = "model")]
             (Some(registry), Some(domain), false) => Ok(Serving::Registry {
                 registry: registry.clone(),
                 domain,
             }),
+            #[cfg(not(feature = "model"))]
+            (Some(_), Some(_), false) => Err(super::needs_model("serving a model (--registry)")),
             (None, _, true) => Ok(Serving::Oracle {
                 delay: Duration::from_millis(self.oracle_delay_ms),
             }),
@@ -204,14 +207,14 @@ pub async fn up(args: UpArgs) -> Result<()> {
     if args.workers == 0 {
         bail!("--workers must be at least 1");
     }
-    let cluster = Cluster::start(
-        args.workers,
-        args.serving.serving()?,
-        args.serving.config(),
-        args.listen,
-        pool_config(&args.options, WorkerSource::Static(Vec::new())),
-        coordinator_config(&args.options),
-    )
+    let cluster = Cluster::start(ClusterConfig {
+        workers: args.workers,
+        serving: args.serving.serving()?,
+        worker: args.serving.config(),
+        coordinator_listen: args.listen,
+        pool: pool_config(&args.options, WorkerSource::Static(Vec::new())),
+        coordinator: coordinator_config(&args.options),
+    })
     .await
     .with_context(|| format!("starting the cluster on {}", args.listen))?;
     for (w, _) in &cluster.workers {

@@ -1,7 +1,6 @@
 //! `hch train`, `hch report` and `hch demo`: the amplify-distill loop from the command line.
 
 use std::io::{IsTerminal, Write};
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -9,12 +8,13 @@ use anyhow::{bail, Context, Result};
 use clap::Args;
 
 use crate::coordinator::pool::PoolConfig;
-use crate::coordinator::CoordinatorConfig;
 use crate::domain::{Domain, DomainKind};
+use crate::eval::{Budget, Mode};
 use crate::model::config::{ModelConfig, Preset};
 use crate::model::train::TrainConfig;
-use crate::rpc::pb;
-use crate::server::Cluster;
+use crate::rpc::coordinator::{AskQuery, AskReply, InstanceSpec};
+use crate::rpc::{pb, ServiceError};
+use crate::server::{Cluster, ClusterConfig};
 use crate::train::report::{self, RunSummary};
 use crate::train::{
     GroundTruth, LocalAmplifier, Progress, RemoteAmplifier, RoundRecord, Run, RunConfig, StopAt,
@@ -344,23 +344,22 @@ async fn embedded_cluster(workers: usize, registry: &Path, domain: DomainKind) -
     if workers == 0 {
         bail!("--workers must be at least 1 (or use --local or --coordinator)");
     }
-    Cluster::start(
+    Cluster::start(ClusterConfig {
         workers,
-        Serving::Registry {
+        serving: Serving::Registry {
             registry: registry.to_path_buf(),
             domain,
         },
-        WorkerConfig {
+        worker: WorkerConfig {
             reload_every: Duration::from_millis(50),
             ..WorkerConfig::default()
         },
-        SocketAddr::from(([127, 0, 0, 1], 0)),
-        PoolConfig {
+        pool: PoolConfig {
             refresh_every: Duration::from_millis(50),
             ..PoolConfig::default()
         },
-        CoordinatorConfig::default(),
-    )
+        ..ClusterConfig::default()
+    })
     .await
     .context("starting the embedded coordinator and workers")
 }
@@ -588,43 +587,39 @@ async fn ask_examples<D: Domain + Copy>(cluster: &Cluster, domain: D, size: usiz
             domain.print_facts(instance.facts()),
             domain.print_question(&question)
         );
-        let modes: &[&str] = if D::WELL_FOUNDED {
-            &["distilled", "amplified", "hch:2", "exact"]
+        let modes: &[Mode] = if D::WELL_FOUNDED {
+            &[Mode::Distilled, Mode::Amplified, Mode::Hch(2), Mode::Exact]
         } else {
-            &["distilled", "amplified", "hch:2"]
+            &[Mode::Distilled, Mode::Amplified, Mode::Hch(2)]
         };
         for &mode in modes {
-            let response = client
-                .ask(pb::AskRequest {
-                    domain: D::KIND.name().to_string(),
-                    instance: Some(pb::ask_request::Instance::Generated(
-                        pb::GeneratedInstance {
-                            size: size as u32,
-                            seed,
-                        },
-                    )),
-                    question: domain.print_question(&question),
-                    mode: mode.to_string(),
-                    budget: None,
-                    want_trace: i == 0 && mode == "hch:2",
-                })
-                .await
-                .map_err(|s| anyhow::anyhow!("{mode}: {}", s.message()))?
-                .into_inner();
-            let stats = response.stats.unwrap_or_default();
-            println!(
-                "    {mode:<10} {:>4} {}  ({} nodes)",
-                response.answer,
-                if response.answer == truth {
-                    "ok"
-                } else {
-                    "WRONG"
+            let query = AskQuery {
+                domain: D::KIND,
+                instance: InstanceSpec::Generated {
+                    size: size as u32,
+                    seed,
                 },
-                stats.nodes
+                question: domain.print_question(&question),
+                mode,
+                budget: Budget::default(),
+                want_trace: i == 0 && mode == Mode::Hch(2),
+            };
+            let failed = |e: ServiceError| anyhow::anyhow!("{mode}: {}", e.message());
+            let response = client
+                .ask(query.encode())
+                .await
+                .map_err(|s| failed(s.into()))?;
+            let reply = AskReply::decode(response.into_inner()).map_err(failed)?;
+            println!(
+                "    {:<10} {:>4} {}  ({} nodes)",
+                mode.to_string(),
+                reply.answer,
+                if reply.answer == truth { "ok" } else { "WRONG" },
+                reply.stats.nodes
             );
-            if let Some(trace) = response.trace {
+            if let Some(trace) = reply.trace {
                 println!("    the hch:2 tree:");
-                for line in super::remote::render(&trace).lines() {
+                for line in trace.render().lines() {
                     println!("      {line}");
                 }
             }

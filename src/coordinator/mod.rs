@@ -1,10 +1,10 @@
 //! The coordinator: evaluates trees for clients, with H running here and every leaf question
 //! answered by the worker pool.
 //!
-//! Per request: the domain, instance, question, mode and budget are validated (INVALID_ARGUMENT
-//! with a message on any problem); a slot among `max_trees` concurrent trees is taken (or
-//! RESOURCE_EXHAUSTED); the instance is interned, so concurrent trees about the same facts share a
-//! memo; the tree's deadline is the least of the budget's and the client's gRPC deadline; the tree
+//! Per request: the request is decoded (`rpc::coordinator`: the domain, instance, question, mode
+//! and budget are checked, INVALID_ARGUMENT with a message on any problem); a slot among
+//! `max_trees` concurrent trees is taken (or RESOURCE_EXHAUSTED); the domain's evaluator runs the
+//! tree, sharing one memo table among concurrent trees about the same facts; the tree's deadline is the least of the budget's and the client's gRPC deadline; the tree
 //! runs inside the request's future, so a client that goes away drops the tree, which drops its
 //! pending worker calls (cancelling them on the workers). Finished traces are kept (boundedly) for
 //! GetTrace.
@@ -15,10 +15,9 @@ pub mod remote;
 use std::collections::{HashMap, VecDeque};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use dashmap::DashMap;
 use futures::future::BoxFuture;
 use futures::Stream;
 use tokio::sync::{mpsc, Semaphore};
@@ -26,13 +25,16 @@ use tonic::{Request, Response, Status};
 use tracing::Instrument;
 
 use crate::answerer::Answerer;
-use crate::domain::{parse_question_for, print_reply, Domain, DomainKind, Instance, InstanceId};
-use crate::eval::{Budget, EvalOptions, Evaluator, Mode, NodeEvent, MAX_TREE_DEPTH};
-use crate::rpc::trace_context;
-use crate::rpc::{exhausted_name, limits, pb, request_timeout, trace_to_pb, ServiceError};
+use crate::domain::{print_reply, Domain, DomainKind};
+use crate::eval::trace::TraceView;
+use crate::eval::{Budget, EvalOptions, Evaluator, NodeEvent};
+use crate::rpc::coordinator::{
+    AskLimits, AskQuery, AskReply, CoordinatorStatus, TraceRequest, TreeEvent,
+};
+use crate::rpc::{pb, request_timeout, telemetry, ServiceError};
 use crate::with_domain;
 use pool::Pool;
-use remote::{RemoteAnswerer, RemoteConfig, TreeContext, CURRENT_TREE};
+use remote::{RemoteAnswerer, RemoteConfig, TreeTelemetry, CURRENT_TREE};
 
 /// Coordinator limits and defaults.
 #[derive(Clone, Debug)]
@@ -42,8 +44,7 @@ pub struct CoordinatorConfig {
     /// Budget fields a request leaves unset.
     pub default_budget: Budget,
     /// The largest budget a request may ask for.
-    pub max_nodes: u64,
-    pub max_deadline: Duration,
+    pub limits: AskLimits,
     /// Finished traces kept for GetTrace.
     pub traces_kept: usize,
     pub remote: RemoteConfig,
@@ -58,8 +59,7 @@ impl Default for CoordinatorConfig {
                 max_nodes: Some(100_000),
                 deadline: Some(Duration::from_secs(30)),
             },
-            max_nodes: 10_000_000,
-            max_deadline: Duration::from_secs(600),
+            limits: AskLimits::default(),
             traces_kept: 1024,
             remote: RemoteConfig::default(),
         }
@@ -72,87 +72,37 @@ type EventSender = mpsc::Sender<Result<pb::TreeEvent, Status>>;
 trait DomainCoordinator: Send + Sync {
     fn ask(
         &self,
-        request: pb::AskRequest,
+        query: AskQuery,
         budget: Budget,
         tree_id: String,
         events: Option<EventSender>,
-    ) -> BoxFuture<'_, Result<(pb::AskResponse, Option<StoredTrace>), ServiceError>>;
+    ) -> BoxFuture<'_, Result<(AskReply, Option<StoredTrace>), ServiceError>>;
 }
 
-/// A finished tree's trace, kept typed; `render` turns it into its wire form on demand.
+/// A finished tree's trace, kept typed; `render` turns it into text on demand.
 struct StoredTrace {
     tree_id: String,
-    answerer: String,
-    render: Box<dyn Fn() -> pb::Trace + Send + Sync>,
+    render: Box<dyn Fn() -> TraceView + Send + Sync>,
 }
 
 struct Typed<D: Domain> {
     domain: D,
+    /// Keeps a memo table per instance while trees on it run, so concurrent trees about the same
+    /// facts share one memo.
     evaluator: Evaluator<D>,
-    /// Live instances by content hash: concurrent trees on the same facts share one memo.
-    live: DashMap<InstanceId, Weak<Instance<D>>>,
 }
 
 impl<D: Domain + Copy> Typed<D> {
-    fn intern(&self, instance: Arc<Instance<D>>) -> Arc<Instance<D>> {
-        if self.live.len() > 4096 {
-            self.live.retain(|_, w| w.strong_count() > 0);
-        }
-        let mut entry = self.live.entry(instance.id()).or_default();
-        match entry.upgrade() {
-            Some(existing) => existing,
-            None => {
-                *entry = Arc::downgrade(&instance);
-                instance
-            }
-        }
-    }
-
     async fn ask_typed(
         &self,
-        request: pb::AskRequest,
+        query: AskQuery,
         budget: Budget,
         tree_id: String,
         events: Option<EventSender>,
-    ) -> Result<(pb::AskResponse, Option<StoredTrace>), ServiceError> {
+    ) -> Result<(AskReply, Option<StoredTrace>), ServiceError> {
         let d = &self.domain;
-        let instance = match request.instance {
-            Some(pb::ask_request::Instance::InstanceText(text)) => {
-                if text.len() > limits::MAX_FACTS_BYTES {
-                    return Err(ServiceError::invalid(format!(
-                        "instance text is {} bytes; the limit is {}",
-                        text.len(),
-                        limits::MAX_FACTS_BYTES
-                    )));
-                }
-                Instance::parse(d, &text)?
-            }
-            Some(pb::ask_request::Instance::Generated(g)) => {
-                Instance::generate(d, g.size as usize, g.seed)?
-            }
-            None => {
-                return Err(ServiceError::invalid(
-                    "the request has no instance: set instance_text or generated",
-                ))
-            }
-        };
-        let instance = self.intern(instance);
-        if request.question.len() > limits::MAX_QUESTION_BYTES {
-            return Err(ServiceError::invalid(format!(
-                "question is {} bytes; the limit is {}",
-                request.question.len(),
-                limits::MAX_QUESTION_BYTES
-            )));
-        }
-        let question = parse_question_for(d, instance.facts(), &request.question)?;
-        let mode: Mode = if request.mode.is_empty() {
-            Mode::Amplified
-        } else {
-            request
-                .mode
-                .parse()
-                .map_err(ServiceError::InvalidArgument)?
-        };
+        let instance = query.instance(d)?;
+        let question = query.question(d, instance.facts())?;
 
         let (node_tx, forward) = match events {
             Some(events) => {
@@ -166,31 +116,27 @@ impl<D: Domain + Copy> Typed<D> {
                                 parent,
                                 depth,
                                 question,
-                            } => pb::tree_event::Event::Opened(pb::NodeOpened {
+                            } => TreeEvent::Opened {
                                 node: id,
                                 parent,
                                 depth,
                                 question: domain.print_question(&question),
-                            }),
+                            },
                             NodeEvent::Answered {
                                 id,
                                 answer,
                                 by,
                                 exhausted,
                                 elapsed,
-                            } => pb::tree_event::Event::Answered(pb::NodeAnswered {
+                            } => TreeEvent::Answered {
                                 node: id,
                                 answer: print_reply(&domain, &answer),
-                                by: by.name().to_string(),
-                                exhausted: exhausted_name(exhausted),
-                                elapsed_us: elapsed.as_micros() as u64,
-                            }),
+                                by,
+                                exhausted,
+                                elapsed,
+                            },
                         };
-                        if events
-                            .send(Ok(pb::TreeEvent { event: Some(event) }))
-                            .await
-                            .is_err()
-                        {
+                        if events.send(Ok(event.encode())).await.is_err() {
                             return;
                         }
                     }
@@ -201,7 +147,7 @@ impl<D: Domain + Copy> Typed<D> {
         };
         let evaluation = self
             .evaluator
-            .evaluate_observed(&instance, question, mode, budget, node_tx);
+            .evaluate_observed(&instance, question, query.mode, budget, node_tx);
         let result = match forward {
             Some(forward) => {
                 let (result, ()) = tokio::join!(evaluation, forward);
@@ -209,46 +155,40 @@ impl<D: Domain + Copy> Typed<D> {
             }
             None => evaluation.await,
         }?;
+        let answerer = result.trace.as_ref().and_then(|t| t.answerer.clone());
         // Traces are kept typed and rendered to text only when someone asks for one.
         let trace = result.trace.map(|t| {
             let (domain, id, t) = (*d, tree_id.clone(), Arc::new(t));
             StoredTrace {
                 tree_id: tree_id.clone(),
-                answerer: t.answerer.as_deref().unwrap_or("").to_string(),
-                render: Box::new(move || trace_to_pb(&domain, &id, &t)),
+                render: Box::new(move || t.view(&domain, &id)),
             }
         });
-        let response = pb::AskResponse {
+        let reply = AskReply {
             answer: print_reply(d, &result.answer),
             known: result.answer.is_some(),
             tree_id,
             instance_id: instance.id().to_string(),
-            stats: Some(pb::TreeStats {
-                nodes: result.stats.nodes,
-                memo_hits: result.stats.memo_hits,
-                answerer_queries: result.stats.answerer_queries,
-                elapsed_us: result.elapsed.as_micros() as u64,
-            }),
-            exhausted: exhausted_name(result.exhausted),
-            answerer: trace
-                .as_ref()
-                .map(|t| t.answerer.clone())
-                .unwrap_or_default(),
+            stats: result.stats,
+            elapsed: result.elapsed,
+            exhausted: result.exhausted,
+            answerer: answerer.as_ref().map(|a| a.label().to_string()),
+            generation: answerer.as_ref().and_then(|a| a.generation()),
             trace: None,
         };
-        Ok((response, trace))
+        Ok((reply, trace))
     }
 }
 
 impl<D: Domain + Copy> DomainCoordinator for Typed<D> {
     fn ask(
         &self,
-        request: pb::AskRequest,
+        query: AskQuery,
         budget: Budget,
         tree_id: String,
         events: Option<EventSender>,
-    ) -> BoxFuture<'_, Result<(pb::AskResponse, Option<StoredTrace>), ServiceError>> {
-        Box::pin(self.ask_typed(request, budget, tree_id, events))
+    ) -> BoxFuture<'_, Result<(AskReply, Option<StoredTrace>), ServiceError>> {
+        Box::pin(self.ask_typed(query, budget, tree_id, events))
     }
 }
 
@@ -273,7 +213,6 @@ impl CoordinatorService {
                 Arc::new(Typed {
                     domain: d,
                     evaluator: Evaluator::new(d, Some(answerer), EvalOptions::default()),
-                    live: DashMap::new(),
                 })
             });
             domains.insert(kind, typed);
@@ -292,57 +231,29 @@ impl CoordinatorService {
         &self.pool
     }
 
-    /// The request's budget: its fields, else the defaults, bounded by the limits and the gRPC
-    /// deadline of the call.
-    fn budget(
-        &self,
-        request: &pb::AskRequest,
-        client_timeout: Option<Duration>,
-    ) -> Result<Budget, ServiceError> {
-        let wire = request.budget.unwrap_or_default();
+    /// The tree's budget: the request's fields, else the defaults, bounded by the gRPC deadline
+    /// of the call. (The decoder has checked the request's fields against the limits.)
+    fn budget(&self, query: &AskQuery, client_timeout: Option<Duration>) -> Budget {
         let defaults = self.config.default_budget;
-        if let Some(d) = wire.max_depth.filter(|&d| d > MAX_TREE_DEPTH) {
-            return Err(ServiceError::invalid(format!(
-                "budget max_depth {d} exceeds the maximum {MAX_TREE_DEPTH}"
-            )));
-        }
-        if let Some(n) = wire
-            .max_nodes
-            .filter(|&n| n > self.config.max_nodes || n == 0)
-        {
-            return Err(ServiceError::invalid(format!(
-                "budget max_nodes {n} is out of range 1..={}",
-                self.config.max_nodes
-            )));
-        }
-        let deadline = wire.deadline_ms.map(Duration::from_millis);
-        if let Some(d) = deadline.filter(|&d| d > self.config.max_deadline || d.is_zero()) {
-            return Err(ServiceError::invalid(format!(
-                "budget deadline {} ms is out of range 1..={} ms",
-                d.as_millis(),
-                self.config.max_deadline.as_millis()
-            )));
-        }
-        let deadline = [deadline.or(defaults.deadline), client_timeout]
+        let deadline = [query.budget.deadline.or(defaults.deadline), client_timeout]
             .into_iter()
             .flatten()
             .min();
-        Ok(Budget {
-            max_depth: wire.max_depth.or(defaults.max_depth),
-            max_nodes: wire.max_nodes.or(defaults.max_nodes),
+        Budget {
+            max_depth: query.budget.max_depth.or(defaults.max_depth),
+            max_nodes: query.budget.max_nodes.or(defaults.max_nodes),
             deadline,
-        })
+        }
     }
 
     async fn run(
         &self,
-        request: pb::AskRequest,
+        query: AskQuery,
         client_timeout: Option<Duration>,
         events: Option<EventSender>,
         parent: Option<(u128, u64)>,
-    ) -> Result<pb::AskResponse, ServiceError> {
-        let kind: DomainKind = request.domain.parse()?;
-        let budget = self.budget(&request, client_timeout)?;
+    ) -> Result<AskReply, ServiceError> {
+        let budget = self.budget(&query, client_timeout);
         let _slot = self.trees.clone().try_acquire_owned().map_err(|_| {
             ServiceError::ResourceExhausted(format!(
                 "the coordinator is evaluating its maximum of {} trees: retry later",
@@ -351,30 +262,30 @@ impl CoordinatorService {
         })?;
         let n = self.trees_total.fetch_add(1, Ordering::Relaxed);
         let tree_id = format!("t{n}-{:08x}", rand_suffix(n));
-        let want_trace = request.want_trace;
+        let (kind, want_trace) = (query.domain, query.want_trace);
         // The client's trace continues here if it sent one; otherwise the tree starts a trace.
-        let trace_id = parent.map_or_else(trace_context::fresh_id, |(t, _)| t);
+        let trace_id = parent.map_or_else(telemetry::fresh_id, |(t, _)| t);
         let span = tracing::info_span!(
             "tree",
             tree = %tree_id,
             domain = %kind,
             trace_id = %format_args!("{trace_id:032x}")
         );
-        let context = TreeContext {
+        let context = TreeTelemetry {
             tree_id: Arc::from(tree_id.as_str()),
             trace_id,
         };
-        let (mut response, trace) = CURRENT_TREE
+        let (mut reply, trace) = CURRENT_TREE
             .scope(
                 context,
                 self.domains[&kind]
-                    .ask(request, budget, tree_id, events)
+                    .ask(query, budget, tree_id, events)
                     .instrument(span),
             )
             .await?;
         if let Some(trace) = trace {
             if want_trace {
-                response.trace = Some((trace.render)());
+                reply.trace = Some((trace.render)());
             }
             let mut traces = self.traces.lock().unwrap_or_else(|p| p.into_inner());
             traces.push_back(trace);
@@ -382,7 +293,33 @@ impl CoordinatorService {
                 traces.pop_front();
             }
         }
-        Ok(response)
+        Ok(reply)
+    }
+
+    /// The coordinator's status: its workers and its load.
+    pub fn status(&self) -> CoordinatorStatus {
+        CoordinatorStatus {
+            workers: self.pool.status(),
+            trees_in_flight: (self.config.max_trees - self.trees.available_permits()) as u32,
+            max_trees: self.config.max_trees as u32,
+            trees_total: self.trees_total.load(Ordering::Relaxed),
+        }
+    }
+
+    /// The stored trace of tree `id`, in text.
+    pub fn trace(&self, id: &str) -> Result<TraceView, ServiceError> {
+        let traces = self.traces.lock().unwrap_or_else(|p| p.into_inner());
+        traces
+            .iter()
+            .rev()
+            .find(|t| t.tree_id == id)
+            .map(|t| (t.render)())
+            .ok_or_else(|| {
+                ServiceError::NotFound(format!(
+                    "no stored trace for tree {id:?} (the last {} are kept)",
+                    self.config.traces_kept
+                ))
+            })
     }
 }
 
@@ -403,11 +340,10 @@ impl pb::coordinator_server::Coordinator for Arc<CoordinatorService> {
         request: Request<pb::AskRequest>,
     ) -> Result<Response<pb::AskResponse>, Status> {
         let timeout = request_timeout(&request);
-        let (parent, _) = trace_context::of_request(&request);
-        Ok(Response::new(
-            self.run(request.into_inner(), timeout, None, parent)
-                .await?,
-        ))
+        let (parent, _) = telemetry::of_request(&request);
+        let query = AskQuery::decode(request.into_inner(), &self.config.limits)?;
+        let reply = self.run(query, timeout, None, parent).await?;
+        Ok(Response::new(reply.encode()))
     }
 
     type AskStreamStream = EventStream;
@@ -417,14 +353,9 @@ impl pb::coordinator_server::Coordinator for Arc<CoordinatorService> {
         request: Request<pb::AskRequest>,
     ) -> Result<Response<Self::AskStreamStream>, Status> {
         let timeout = request_timeout(&request);
-        let (parent, _) = trace_context::of_request(&request);
-        let request = request.into_inner();
-        // Validate before streaming, so bad requests get a status rather than a broken stream.
-        request
-            .domain
-            .parse::<DomainKind>()
-            .map_err(ServiceError::from)?;
-        self.budget(&request, timeout)?;
+        let (parent, _) = telemetry::of_request(&request);
+        // Decoded before streaming, so bad requests get a status rather than a broken stream.
+        let query = AskQuery::decode(request.into_inner(), &self.config.limits)?;
         let (tx, rx) = mpsc::channel(256);
         let service = self.clone();
         tokio::spawn(async move {
@@ -432,9 +363,9 @@ impl pb::coordinator_server::Coordinator for Arc<CoordinatorService> {
             // The tree lives as long as the client listens: when the stream is dropped, `closed`
             // fires and the tree future (and its worker calls) are dropped.
             tokio::select! {
-                result = service.run(request, timeout, Some(events), parent) => {
+                result = service.run(query, timeout, Some(events), parent) => {
                     let message = result
-                        .map(|r| pb::TreeEvent { event: Some(pb::tree_event::Event::Done(r)) })
+                        .map(|r| TreeEvent::Done(r).encode())
                         .map_err(Status::from);
                     let _ = tx.send(message).await;
                 }
@@ -450,31 +381,14 @@ impl pb::coordinator_server::Coordinator for Arc<CoordinatorService> {
         &self,
         request: Request<pb::GetTraceRequest>,
     ) -> Result<Response<pb::Trace>, Status> {
-        let id = request.into_inner().tree_id;
-        let traces = self.traces.lock().unwrap_or_else(|p| p.into_inner());
-        traces
-            .iter()
-            .rev()
-            .find(|t| t.tree_id == id)
-            .map(|t| Response::new((t.render)()))
-            .ok_or_else(|| {
-                ServiceError::NotFound(format!(
-                    "no stored trace for tree {id:?} (the last {} are kept)",
-                    self.config.traces_kept
-                ))
-                .into()
-            })
+        let request = TraceRequest::decode(request.into_inner())?;
+        Ok(Response::new(self.trace(&request.tree_id)?.encode()))
     }
 
     async fn status(
         &self,
         _: Request<pb::StatusRequest>,
     ) -> Result<Response<pb::StatusResponse>, Status> {
-        Ok(Response::new(pb::StatusResponse {
-            workers: self.pool.status(),
-            trees_in_flight: (self.config.max_trees - self.trees.available_permits()) as u32,
-            max_trees: self.config.max_trees as u32,
-            trees_total: self.trees_total.load(Ordering::Relaxed),
-        }))
+        Ok(Response::new(CoordinatorService::status(self).encode()))
     }
 }

@@ -15,6 +15,8 @@ use tonic::transport::{Channel, Endpoint};
 
 use crate::answerer::AnswererId;
 use crate::domain::{DomainKind, InstanceId};
+use crate::rpc::coordinator::WorkerStatus;
+use crate::rpc::worker::WorkerInfo;
 use crate::rpc::{limits, pb};
 
 /// Where workers are found.
@@ -61,7 +63,7 @@ pub struct WorkerHandle {
     pub items_sent: AtomicU64,
     pub failures: AtomicU64,
     down_until: Mutex<Option<Instant>>,
-    info: RwLock<Option<pb::ModelInfoResponse>>,
+    info: RwLock<Option<WorkerInfo>>,
     known: DashSet<InstanceId>,
     known_cap: usize,
     max_in_flight: usize,
@@ -100,7 +102,7 @@ impl WorkerHandle {
         self.max_in_flight - self.slots.available_permits()
     }
 
-    pub fn info(&self) -> Option<pb::ModelInfoResponse> {
+    pub fn info(&self) -> Option<WorkerInfo> {
         self.info.read().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
@@ -113,8 +115,7 @@ impl WorkerHandle {
     }
 
     pub fn serves(&self, domain: DomainKind) -> bool {
-        self.info()
-            .is_some_and(|i| i.domains.iter().any(|d| d == domain.name()))
+        self.info().is_some_and(|i| i.serves(domain))
     }
 
     /// Avoid this worker for `period` (it failed or refused).
@@ -123,7 +124,7 @@ impl WorkerHandle {
         self.failures.fetch_add(1, Ordering::Relaxed);
     }
 
-    fn mark_up(&self, info: pb::ModelInfoResponse) {
+    fn mark_up(&self, info: WorkerInfo) {
         *self.info.write().unwrap_or_else(|p| p.into_inner()) = Some(info);
         *self.down_until.lock().unwrap_or_else(|p| p.into_inner()) = None;
     }
@@ -156,10 +157,15 @@ impl WorkerHandle {
         let mut client = self.client();
         let mut request = tonic::Request::new(pb::ModelInfoRequest {});
         request.set_timeout(Duration::from_secs(1));
-        match client.model_info(request).await {
-            Ok(info) => self.mark_up(info.into_inner()),
-            Err(status) => {
-                tracing::debug!(worker = %self.address, %status, "worker is not answering");
+        let info = client
+            .model_info(request)
+            .await
+            .map_err(crate::rpc::ServiceError::from)
+            .and_then(|info| WorkerInfo::decode(info.into_inner()));
+        match info {
+            Ok(info) => self.mark_up(info),
+            Err(error) => {
+                tracing::debug!(worker = %self.address, %error, "worker is not answering");
                 *self.down_until.lock().unwrap_or_else(|p| p.into_inner()) = Some(Instant::now());
                 *self.info.write().unwrap_or_else(|p| p.into_inner()) = None;
             }
@@ -260,48 +266,32 @@ impl Pool {
     /// Who answers `domain`: the workers' common answerer, so that memo entries made with one
     /// generation are never served for another.
     pub fn answerer_id(&self, domain: DomainKind) -> AnswererId {
-        let mut keys: Vec<(u64, String)> = self
+        let mut ids: Vec<AnswererId> = self
             .workers()
             .iter()
-            .filter(|w| w.serves(domain))
-            .filter_map(|w| w.info().map(|i| (i.answerer_key, i.answerer)))
+            .filter_map(|w| w.info().filter(|i| i.serves(domain)))
+            .map(|i| i.answerer)
             .collect();
-        keys.sort();
-        keys.dedup();
-        match keys.as_slice() {
-            [] => AnswererId {
-                key: 2,
-                label: Arc::from("remote (no workers)"),
-            },
-            [(key, label)] => AnswererId {
-                key: *key,
-                label: Arc::from(label.as_str()),
-            },
-            many => {
-                // Mixed generations during a rollout: a key of its own, shared by nobody else.
-                let key = many.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, (k, _)| {
-                    (h ^ k).wrapping_mul(0x100_0000_01b3)
-                });
-                AnswererId {
-                    key: key.clamp(3, AnswererId::ORACLE_KEY - 1),
-                    label: Arc::from("mixed generations"),
-                }
-            }
+        ids.sort_by_key(AnswererId::key);
+        ids.dedup_by_key(|id| id.key());
+        match ids.as_slice() {
+            [] => AnswererId::no_workers(),
+            [one] => one.clone(),
+            // Mixed generations during a rollout.
+            many => AnswererId::mixed(many),
         }
     }
 
-    pub fn status(&self) -> Vec<pb::WorkerStatus> {
+    pub fn status(&self) -> Vec<WorkerStatus> {
         self.workers()
             .iter()
             .map(|w| {
                 let info = w.info();
-                pb::WorkerStatus {
+                WorkerStatus {
                     address: w.address.clone(),
                     healthy: w.is_up(),
-                    answerer: info
-                        .as_ref()
-                        .map(|i| i.answerer.clone())
-                        .unwrap_or_default(),
+                    answerer: info.as_ref().map(|i| i.answerer.label().to_string()),
+                    generation: info.as_ref().and_then(|i| i.answerer.generation()),
                     domains: info.map(|i| i.domains).unwrap_or_default(),
                     calls_in_flight: w.in_flight() as u64,
                     items_sent: w.items_sent.load(Ordering::Relaxed),

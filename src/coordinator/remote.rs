@@ -20,7 +20,8 @@ use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit};
 use super::pool::{Pool, WorkerHandle};
 use crate::answerer::{AnswerError, Answerer, AnswererId, Answers, Query};
 use crate::domain::{parse_reply, Domain};
-use crate::rpc::{limits, pb, ServiceError};
+use crate::rpc::worker::{AnswerCall, AnswerReply};
+use crate::rpc::{limits, telemetry, ServiceError};
 
 /// Settings of the remote answerer.
 #[derive(Clone, Copy, Debug)]
@@ -43,21 +44,22 @@ impl Default for RemoteConfig {
     }
 }
 
-/// The tree a leaf question comes from, set by the coordinator around each tree's evaluation.
+/// The tree a leaf question comes from, for telemetry: set by the coordinator around each tree's
+/// evaluation, carried to the workers in each call's metadata.
 #[derive(Clone, Debug)]
-pub struct TreeContext {
+pub struct TreeTelemetry {
     pub tree_id: Arc<str>,
     pub trace_id: u128,
 }
 
 tokio::task_local! {
     /// The tree being evaluated in this task (read when a leaf question is queued).
-    pub static CURRENT_TREE: TreeContext;
+    pub static CURRENT_TREE: TreeTelemetry;
 }
 
 /// Questions of one tree that travel together, and where their answers go.
 struct Pending<D: Domain> {
-    tree: Option<TreeContext>,
+    tree: Option<TreeTelemetry>,
     queries: Vec<Query<D>>,
     reply: oneshot::Sender<Answers<D::Answer>>,
 }
@@ -181,47 +183,6 @@ async fn abandoned<D: Domain>(batch: &mut [Pending<D>]) {
     futures::future::join_all(batch.iter_mut().map(|p| p.reply.closed())).await;
 }
 
-fn request<D: Domain>(
-    domain: &D,
-    worker: &WorkerHandle,
-    batch: &[Pending<D>],
-) -> pb::AnswerRequest {
-    let mut instances: Vec<pb::Facts> = Vec::new();
-    let mut index: Vec<crate::domain::InstanceId> = Vec::new();
-    let items = batch
-        .iter()
-        .flat_map(|p| &p.queries)
-        .map(|query| {
-            let id = query.instance.id();
-            // Most groups are about one instance: check the last one first.
-            let i = match index.iter().rposition(|x| *x == id) {
-                Some(i) => i,
-                None => {
-                    index.push(id);
-                    instances.push(pb::Facts {
-                        id: id.0.to_vec(),
-                        text: if worker.knows(&id) {
-                            String::new()
-                        } else {
-                            domain.print_facts(query.instance.facts())
-                        },
-                    });
-                    index.len() - 1
-                }
-            };
-            pb::Item {
-                instance: i as u32,
-                question: domain.print_question(&query.question),
-            }
-        })
-        .collect();
-    pb::AnswerRequest {
-        domain: D::KIND.name().to_string(),
-        instances,
-        items,
-    }
-}
-
 #[tracing::instrument(skip_all, fields(domain = %D::KIND, items = batch.len()))]
 async fn send<D: Domain + Copy>(
     domain: D,
@@ -236,9 +197,12 @@ async fn send<D: Domain + Copy>(
     let mut attempt = 0;
     while attempt < config.attempts.max(1) {
         attempt += 1;
-        let mut call = tonic::Request::new(request(&domain, &worker, &batch));
+        let queries = batch.iter().flat_map(|p| &p.queries);
+        let asked = batch.iter().map(|p| p.queries.len()).sum();
+        let message = AnswerCall::of_queries(&domain, queries, |id| worker.knows(id)).encode();
+        let mut call = tonic::Request::new(message);
         call.set_timeout(config.call_timeout);
-        attach_trace_context(&mut call, &batch);
+        attach_telemetry(&mut call, &batch);
         let mut client = worker.client();
         let outcome = tokio::select! {
             r = client.answer(call) => r,
@@ -247,19 +211,18 @@ async fn send<D: Domain + Copy>(
                 return;
             }
         };
-        match outcome {
-            Ok(response) => {
-                let response = response.into_inner();
-                if !response.missing_facts.is_empty() {
-                    for id in &response.missing_facts {
-                        if let Ok(id) = <[u8; 32]>::try_from(id.as_slice()) {
-                            worker.forget(&crate::domain::InstanceId(id));
-                        }
-                    }
-                    continue;
+        let reply = outcome
+            .map_err(ServiceError::from)
+            .and_then(|r| AnswerReply::decode(r.into_inner(), asked));
+        match reply {
+            Ok(AnswerReply::MissingFacts(ids)) => {
+                for id in &ids {
+                    worker.forget(id);
                 }
-                let items: usize = batch.iter().map(|p| p.queries.len()).sum();
-                worker.items_sent.fetch_add(items as u64, Ordering::Relaxed);
+                continue;
+            }
+            Ok(AnswerReply::Answered { replies, .. }) => {
+                worker.items_sent.fetch_add(asked as u64, Ordering::Relaxed);
                 let mut remembered = None;
                 for query in batch.iter().flat_map(|p| &p.queries) {
                     let id = query.instance.id();
@@ -268,11 +231,10 @@ async fn send<D: Domain + Copy>(
                         remembered = Some(id);
                     }
                 }
-                deliver(&domain, batch, response.replies);
+                deliver(&domain, batch, replies);
                 return;
             }
-            Err(status) => {
-                let error = ServiceError::from(status);
+            Err(error) => {
                 tracing::debug!(worker = %worker.address, %error, "worker call failed");
                 last_error = error.clone().into();
                 if !error.is_retryable() {
@@ -295,9 +257,8 @@ async fn send<D: Domain + Copy>(
     fail(batch, last_error);
 }
 
-/// Carries the trace context of the batch's trees to the worker (see `rpc::trace_context`).
-fn attach_trace_context<D: Domain, T>(call: &mut tonic::Request<T>, batch: &[Pending<D>]) {
-    use crate::rpc::trace_context;
+/// Carries the telemetry context of the batch's trees to the worker (see `rpc::telemetry`).
+fn attach_telemetry<D: Domain, T>(call: &mut tonic::Request<T>, batch: &[Pending<D>]) {
     let mut trees: Vec<&str> = batch
         .iter()
         .filter_map(|p| p.tree.as_ref().map(|t| &*t.tree_id))
@@ -307,45 +268,33 @@ fn attach_trace_context<D: Domain, T>(call: &mut tonic::Request<T>, batch: &[Pen
     let trace_id = batch
         .iter()
         .find_map(|p| p.tree.as_ref().map(|t| t.trace_id))
-        .unwrap_or_else(trace_context::fresh_id);
-    let span_id = (trace_context::fresh_id() as u64).max(1);
+        .unwrap_or_else(telemetry::fresh_id);
+    let span_id = (telemetry::fresh_id() as u64).max(1);
     let md = call.metadata_mut();
-    if let Ok(v) = trace_context::format(trace_id, span_id).parse() {
-        md.insert(trace_context::TRACEPARENT, v);
+    if let Ok(v) = telemetry::format(trace_id, span_id).parse() {
+        md.insert(telemetry::TRACEPARENT, v);
     }
     // At most 32 tree ids: enough to find a tree's calls, bounded in size.
     let listed = trees.iter().take(32).copied().collect::<Vec<_>>().join(",");
     if let Ok(v) = listed.parse() {
-        md.insert(trace_context::TREES, v);
+        md.insert(telemetry::TREES, v);
     }
 }
 
-fn deliver<D: Domain>(domain: &D, batch: Vec<Pending<D>>, replies: Vec<pb::Reply>) {
-    let asked: usize = batch.iter().map(|p| p.queries.len()).sum();
-    if replies.len() != asked {
-        fail(
-            batch,
-            AnswerError::Internal(format!(
-                "worker sent {} answers for {asked} questions",
-                replies.len()
-            )),
-        );
-        return;
-    }
+/// Hands each group its answers (the reply has one per question, in order: checked by its
+/// decoder).
+fn deliver<D: Domain>(domain: &D, batch: Vec<Pending<D>>, replies: Vec<Option<String>>) {
     let mut replies = replies.into_iter();
     for p in batch {
         // An unreadable answer fails its group only; the other trees get theirs.
         let answers: Answers<D::Answer> = replies
             .by_ref()
             .take(p.queries.len())
-            .map(|reply| {
-                if reply.known {
-                    parse_reply(domain, &reply.answer).map_err(|e| {
-                        AnswerError::Internal(format!("worker sent an unreadable answer: {e}"))
-                    })
-                } else {
-                    Ok(None)
-                }
+            .map(|reply| match reply {
+                Some(text) => parse_reply(domain, &text).map_err(|e| {
+                    AnswerError::Internal(format!("worker sent an unreadable answer: {e}"))
+                }),
+                None => Ok(None),
             })
             .collect();
         let _ = p.reply.send(answers);

@@ -24,6 +24,9 @@ use std::sync::Arc;
 
 use sha2::{Digest, Sha256};
 
+// The one import from the domains back into the evaluator, by design: H is a program over an
+// `ask` capability (it asks subquestions and combines their answers), and the evaluator is what
+// answers them. Everything else flows one way, from the evaluator to the domains.
 use crate::eval::Ask;
 use crate::rng::Rng;
 use crate::text::ParseError;
@@ -317,22 +320,18 @@ impl fmt::Display for InstanceId {
     }
 }
 
-/// One instance's facts with their content hash, shared (in an `Arc`) by every tree and answerer
-/// working on it. Trees that share the `Arc` share one memo table (see [`crate::eval`]).
+/// One instance's facts with their content hash, shared (in an `Arc`) by every tree, answerer and
+/// training example about it. It is plain data: the evaluator keeps its memo tables by the id
+/// (see [`crate::eval::memo`]).
 pub struct Instance<D: Domain> {
     id: InstanceId,
     facts: D::Facts,
-    pub(crate) memo: crate::eval::memo::Memo<D>,
 }
 
 impl<D: Domain> Instance<D> {
     pub fn new(domain: &D, facts: D::Facts) -> Arc<Self> {
         let id = InstanceId::of_text(&domain.print_facts(&facts));
-        Arc::new(Self {
-            id,
-            facts,
-            memo: Default::default(),
-        })
+        Arc::new(Self { id, facts })
     }
 
     /// Generates an instance (see [`Domain::generate`]).

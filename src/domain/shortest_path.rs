@@ -661,10 +661,7 @@ mod tests {
 
     impl Answerer<ShortestPath> for BadGuesses {
         fn id(&self) -> AnswererId {
-            AnswererId {
-                key: 17,
-                label: Arc::from("bad guesses"),
-            }
+            AnswererId::custom(17, "bad guesses")
         }
 
         fn answer(&self, batch: Vec<Query<ShortestPath>>) -> BoxFuture<'_, Answers<Answer>> {

@@ -846,10 +846,7 @@ mod tests {
 
     impl Answerer<UnionFind> for BadGuesses {
         fn id(&self) -> AnswererId {
-            AnswererId {
-                key: 19,
-                label: Arc::from("bad guesses"),
-            }
+            AnswererId::custom(19, "bad guesses")
         }
 
         fn answer(&self, batch: Vec<Query<UnionFind>>) -> BoxFuture<'_, Answers<Answer>> {

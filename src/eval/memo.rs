@@ -1,7 +1,12 @@
 //! The memo: single-flight evaluation of identical subquestions.
 //!
-//! Each [`Instance`](crate::domain::Instance) owns one memo table, so every tree that holds the same
-//! `Arc<Instance>` shares it, and the table is freed with the instance. A slot is either pending
+//! An [`Evaluator`](crate::eval::Evaluator) keeps one memo table per instance (by content hash) in
+//! its [`MemoTables`]: every tree it is running on the same facts shares that table, and the table
+//! is freed when the last of those trees finishes. The memo is the evaluator's, not the instance's:
+//! an `Instance` is plain data, kept by callers for as long as they like (a training example, a
+//! held-out set reused every round), and an evaluator's answers never outlive its trees in it, so
+//! one round's answerer cannot leak into the next through instances they share. A slot is either
+//! pending
 //! (some node is computing it) or done. The first evaluation to arrive claims the slot and computes;
 //! every other one, in the same tree or in a concurrent one, waits for that result instead of
 //! recomputing. If the computing node is dropped (its tree was cancelled), its claim removes the
@@ -20,15 +25,16 @@
 //! by the tree that produced it: other trees ignore it and evaluate for themselves.
 
 use std::hash::BuildHasherDefault;
+use std::ops::Deref;
 use std::pin::pin;
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 
 use dashmap::mapref::entry::Entry;
 use dashmap::DashMap;
 use rustc_hash::FxHasher;
 use tokio::sync::Notify;
 
-use crate::domain::Domain;
+use crate::domain::{Domain, InstanceId};
 
 /// Identity of a tree within one process, used to scope tainted memo entries.
 pub type TreeId = u64;
@@ -125,8 +131,14 @@ impl<D: Domain> Drop for Computing<'_, D> {
     }
 }
 
-/// Slots allocated up front for each instance's table.
+/// Slots allocated up front for each instance's table: none. Most tables serve one small tree
+/// (the 64-leaf fan-out of the load test, a training target's depth-1 tree), and an empty table
+/// allocates nothing until its first slot; larger trees pay a few rehashes as they grow.
 const MEMO_INITIAL_CAPACITY: usize = 0;
+
+/// Shards per table: a table is touched by a handful of concurrent trees at most, so two shards
+/// keep contention low without the memory of dashmap's default (four per core).
+const MEMO_SHARDS: usize = 2;
 
 /// Per-instance memo table (see the module docs).
 pub struct Memo<D: Domain> {
@@ -136,14 +148,87 @@ pub struct Memo<D: Domain> {
 impl<D: Domain> Default for Memo<D> {
     fn default() -> Self {
         Self {
-            // A table serves one instance: a few hundred keys, touched by a handful of concurrent
-            // trees. Two shards sized for a typical tree avoid most rehashing while it grows.
             table: DashMap::with_capacity_and_hasher_and_shard_amount(
                 MEMO_INITIAL_CAPACITY,
                 Default::default(),
-                2,
+                MEMO_SHARDS,
             ),
         }
+    }
+}
+
+/// An evaluator's memo tables, one per instance with a tree running on it (see the module docs).
+///
+/// Keyed by content hash, not by `Arc` identity, so that two requests that carry the same facts
+/// (parsed separately, by different clients) share one table.
+pub struct MemoTables<D: Domain> {
+    tables: DashMap<InstanceId, Weak<Memo<D>>, BuildHasherDefault<FxHasher>>,
+}
+
+impl<D: Domain> Default for MemoTables<D> {
+    fn default() -> Self {
+        Self {
+            tables: DashMap::default(),
+        }
+    }
+}
+
+impl<D: Domain> MemoTables<D> {
+    /// The table of instance `id`, made if no running tree holds it; held until the lease drops.
+    pub fn lease(self: &Arc<Self>, id: InstanceId) -> MemoLease<D> {
+        let memo = {
+            let mut entry = self.tables.entry(id).or_default();
+            match entry.upgrade() {
+                Some(memo) => memo,
+                None => {
+                    let memo = Arc::new(Memo::default());
+                    *entry = Arc::downgrade(&memo);
+                    memo
+                }
+            }
+        };
+        MemoLease {
+            tables: self.clone(),
+            id,
+            memo: Some(memo),
+        }
+    }
+
+    /// Instances with a live table.
+    pub fn len(&self) -> usize {
+        self.tables.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.tables.is_empty()
+    }
+}
+
+/// One tree's hold on its instance's memo table. The last lease of a table removes it.
+pub struct MemoLease<D: Domain> {
+    tables: Arc<MemoTables<D>>,
+    id: InstanceId,
+    memo: Option<Arc<Memo<D>>>,
+}
+
+impl<D: Domain> Deref for MemoLease<D> {
+    type Target = Memo<D>;
+
+    fn deref(&self) -> &Memo<D> {
+        self.memo
+            .as_deref()
+            .expect("a lease holds its table until dropped")
+    }
+}
+
+impl<D: Domain> Drop for MemoLease<D> {
+    fn drop(&mut self) {
+        drop(self.memo.take());
+        // Removed only if no tree holds it any more: a tree that leased it in the meantime keeps
+        // it (and if one leases it after this, it makes a fresh one).
+        self.tables
+            .tables
+            .remove_if(&self.id, |_, table| table.strong_count() == 0);
     }
 }
 

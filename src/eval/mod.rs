@@ -8,7 +8,7 @@
 //!
 //! Leaves are answered a wave at a time: a pass over the tree reaches every leaf it can, those
 //! leaves go to the answerer as one batch, and the tree is walked again once their answers are in
-//! place (see `TreeCtx::drive`). A tree whose H asks in parallel costs one answerer call per level
+//! place (see `TreeState::drive`). A tree whose H asks in parallel costs one answerer call per level
 //! of sequential dependence, not one per leaf, and a remote answerer wakes it once per batch.
 //!
 //! Per node, in order:
@@ -41,7 +41,7 @@ use tokio::time::Instant;
 
 use crate::answerer::{AnswerError, Answerer, AnswererId, Answers, Query};
 use crate::domain::{Domain, Instance};
-use memo::{Claim, MemoKey, Memoed, TreeId};
+use memo::{Claim, MemoKey, MemoLease, MemoTables, Memoed, TreeId};
 use trace::{AnsweredBy, Exhausted, NodeId, Recorder, Trace, TraceNode};
 
 /// Deepest tree any mode or budget may ask for. Exact mode uses it when no depth budget is given;
@@ -130,6 +130,30 @@ pub struct Budget {
     pub deadline: Option<Duration>,
 }
 
+impl Budget {
+    /// The bounds every budget must respect, wherever it comes from (the wire's decoder adds the
+    /// operator's own maximums on top): a depth of at most [`MAX_TREE_DEPTH`], at least one node,
+    /// a deadline above zero.
+    pub fn check(&self) -> Result<(), EvalError> {
+        if let Some(d) = self.max_depth.filter(|&d| d > MAX_TREE_DEPTH) {
+            return Err(EvalError::InvalidBudget(format!(
+                "max_depth {d} exceeds the maximum {MAX_TREE_DEPTH}"
+            )));
+        }
+        if self.max_nodes == Some(0) {
+            return Err(EvalError::InvalidBudget(
+                "max_nodes must be at least 1".to_string(),
+            ));
+        }
+        if self.deadline.is_some_and(|d| d.is_zero()) {
+            return Err(EvalError::InvalidBudget(
+                "the deadline must be above zero".to_string(),
+            ));
+        }
+        Ok(())
+    }
+}
+
 /// Switches that change cost but not answers.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct EvalOptions {
@@ -212,6 +236,8 @@ pub struct Evaluator<D: Domain> {
     answerer: Option<Arc<dyn Answerer<D>>>,
     options: EvalOptions,
     next_tree: AtomicU64,
+    /// The memo tables of the instances this evaluator's running trees are about.
+    memos: Arc<MemoTables<D>>,
 }
 
 impl<D: Domain> Evaluator<D> {
@@ -221,7 +247,13 @@ impl<D: Domain> Evaluator<D> {
             answerer,
             options,
             next_tree: AtomicU64::new(1),
+            memos: Arc::default(),
         }
+    }
+
+    /// Instances with a live memo table (some tree on them is running).
+    pub fn memo_tables(&self) -> usize {
+        self.memos.len()
     }
 
     pub fn domain(&self) -> &D {
@@ -247,20 +279,11 @@ impl<D: Domain> Evaluator<D> {
             }
             _ => {}
         }
-        if let Some(d) = budget.max_depth.filter(|&d| d > MAX_TREE_DEPTH) {
-            return Err(EvalError::InvalidBudget(format!(
-                "max depth {d} exceeds the maximum {MAX_TREE_DEPTH}"
-            )));
-        }
-        if budget.max_nodes == Some(0) {
-            return Err(EvalError::InvalidBudget(
-                "max nodes must be at least 1".to_string(),
-            ));
-        }
-        Ok(())
+        budget.check()
     }
 
-    /// Evaluates one tree. Trees that share `instance` (the same `Arc`) share its memo.
+    /// Evaluates one tree. Concurrent trees on the same instance (equal facts) share one memo
+    /// table.
     pub async fn evaluate(
         &self,
         instance: &Arc<Instance<D>>,
@@ -300,7 +323,7 @@ impl<D: Domain> Evaluator<D> {
             (None, Some(b)) => b,
             (None, None) => MAX_TREE_DEPTH,
         };
-        let ctx = TreeCtx {
+        let ctx = TreeState {
             domain: self.domain.clone(),
             instance: instance.clone(),
             answerer: if mode == Mode::Exact {
@@ -309,12 +332,12 @@ impl<D: Domain> Evaluator<D> {
                 self.answerer.clone()
             },
             answerer_key: match (&answerer_id, mode) {
-                (_, Mode::Exact) | (None, _) => 0,
-                (Some(id), _) => id.key,
+                (_, Mode::Exact) | (None, _) => AnswererId::NONE_KEY,
+                (Some(id), _) => id.key(),
             },
-            answerer_label: match mode {
+            answerer_id: match mode {
                 Mode::Exact => None,
-                _ => answerer_id.as_ref().map(|id| id.label.clone()),
+                _ => answerer_id,
             },
             tree,
             leaf_depth: leaf_depth.unwrap_or(u32::MAX),
@@ -322,7 +345,7 @@ impl<D: Domain> Evaluator<D> {
             horizon_free: mode == Mode::Exact && budget.max_depth.is_none(),
             max_nodes: budget.max_nodes.unwrap_or(u64::MAX),
             deadline: deadline_start.zip(budget.deadline).map(|(s, d)| s + d),
-            memo: self.options.memo,
+            memo: self.options.memo.then(|| self.memos.lease(instance.id())),
             recorder: self.options.trace.then(Recorder::new),
             leaves: Mutex::new(Leaves::default()),
             events,
@@ -367,7 +390,7 @@ impl<D: Domain> Evaluator<D> {
             memo_hits: ctx.memo_hits.load(Ordering::Relaxed),
             answerer_queries: ctx.answerer_queries.load(Ordering::Relaxed),
         };
-        let trace = ctx.recorder.map(|r| r.finish(ctx.answerer_label));
+        let trace = ctx.recorder.map(|r| r.finish(ctx.answerer_id));
         Ok(TreeResult {
             tree,
             answer,
@@ -382,7 +405,7 @@ impl<D: Domain> Evaluator<D> {
 /// The handle H asks subquestions through. Each subquestion is evaluated one level deeper than the
 /// node H is working on; `all` evaluates several concurrently.
 pub struct Ask<'a, D: Domain> {
-    tree: &'a TreeCtx<D>,
+    tree: &'a TreeState<D>,
     depth: u32,
     parent: NodeId,
     asked: &'a AtomicU32,
@@ -427,12 +450,12 @@ impl<'a, D: Domain> Ask<'a, D> {
 }
 
 /// Everything one tree's nodes share.
-struct TreeCtx<D: Domain> {
+struct TreeState<D: Domain> {
     domain: Arc<D>,
     instance: Arc<Instance<D>>,
     answerer: Option<Arc<dyn Answerer<D>>>,
     answerer_key: u64,
-    answerer_label: Option<Arc<str>>,
+    answerer_id: Option<AnswererId>,
     tree: TreeId,
     /// Depth at which the answerer answers (`u32::MAX` in exact mode).
     leaf_depth: u32,
@@ -442,7 +465,8 @@ struct TreeCtx<D: Domain> {
     horizon_free: bool,
     max_nodes: u64,
     deadline: Option<Instant>,
-    memo: bool,
+    /// This tree's hold on its instance's memo table, unless the memo is off.
+    memo: Option<MemoLease<D>>,
     recorder: Option<Recorder<D>>,
     events: Option<mpsc::UnboundedSender<NodeEvent<D>>>,
     next_node: AtomicU32,
@@ -455,7 +479,7 @@ struct TreeCtx<D: Domain> {
     /// on are not shared with other trees.
     tainted: AtomicBool,
     exhausted: std::sync::Mutex<Option<Exhausted>>,
-    /// Leaf questions waiting for the answerer (see [`TreeCtx::drive`]).
+    /// Leaf questions waiting for the answerer (see [`TreeState::drive`]).
     leaves: Mutex<Leaves<D>>,
 }
 
@@ -495,7 +519,7 @@ type LeafBatch<'a, A> = BoxFuture<'a, (usize, usize, Answers<A>)>;
 
 type NodeOutcome<A> = (Option<A>, AnsweredBy, Option<Exhausted>);
 
-impl<D: Domain> TreeCtx<D> {
+impl<D: Domain> TreeState<D> {
     fn eval(
         &self,
         question: D::Question,
@@ -557,7 +581,7 @@ impl<D: Domain> TreeCtx<D> {
         // The node's future lives in memory for as long as its subtree is in flight, and a tree
         // walk touches every pending node: the rare paths (waiting on another evaluation, budget
         // exhaustion) are boxed so that they do not widen every node's future.
-        let claim = if self.memo {
+        let claim = if let Some(memo) = &self.memo {
             let key = MemoKey {
                 question: question.clone(),
                 horizon: (!self.horizon_free).then(|| self.depth_limit.saturating_sub(depth)),
@@ -567,9 +591,9 @@ impl<D: Domain> TreeCtx<D> {
                     0
                 },
             };
-            let claim = match self.instance.memo.try_claim(key) {
+            let claim = match memo.try_claim(key) {
                 Ok(claim) => claim,
-                Err(key) => Box::pin(self.instance.memo.claim(key)).await,
+                Err(key) => Box::pin(memo.claim(key)).await,
             };
             match claim {
                 Claim::Compute(claim) => Some(claim),

@@ -18,16 +18,13 @@ pub struct ModelAnswerer<D: Domain> {
 }
 
 impl<D: Domain> ModelAnswerer<D> {
-    /// `key` must identify the weights (two answerers with the same key answer alike): the
-    /// registry derives it from the weights' hash.
-    pub fn new(model: Model<D>, key: u64, label: impl Into<Arc<str>>) -> Self {
-        assert_ne!(key, 0, "answerer key 0 is reserved for 'no answerer'");
+    /// `id` must identify the weights (two answerers with the same key answer alike): a published
+    /// generation's is [`AnswererId::model`] (see `generation::LoadedModel::answerer_id`), weights
+    /// still in training are [`AnswererId::student`].
+    pub fn new(model: Model<D>, id: AnswererId) -> Self {
         Self {
             model: Arc::new(Mutex::new(model)),
-            id: AnswererId {
-                key,
-                label: label.into(),
-            },
+            id,
         }
     }
 

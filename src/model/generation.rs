@@ -51,16 +51,7 @@ impl<D: Domain> LoadedModel<D> {
 
 /// See [`LoadedModel::answerer_id`].
 pub fn answerer_id(manifest: &Manifest) -> AnswererId {
-    let mut bytes = [0u8; 8];
-    if let Ok(raw) = hex::decode(&manifest.weights_sha256[..16.min(manifest.weights_sha256.len())])
-    {
-        bytes[..raw.len().min(8)].copy_from_slice(&raw[..raw.len().min(8)]);
-    }
-    let key = u64::from_le_bytes(bytes).clamp(1, AnswererId::ORACLE_KEY - 1);
-    AnswererId {
-        key,
-        label: format!("model g{}", manifest.generation).into(),
-    }
+    AnswererId::model(manifest.generation, &manifest.weights_sha256)
 }
 
 /// Publishes `model` as a new generation (not yet promoted to current).

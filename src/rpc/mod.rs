@@ -1,8 +1,18 @@
-//! The wire: generated gRPC code for `proto/hch/v1/hch.proto` and the conversions between wire
-//! messages and library types. The rest of the crate uses [`pb`] only through this module's
-//! helpers and the service traits.
+//! The wire: generated gRPC code for `proto/hch/v1/hch.proto` ([`pb`]) and the one place where
+//! wire messages become library types and back.
+//!
+//! - [`coordinator`] and [`worker`]: each service's requests and responses as library types, each
+//!   with its `encode` and `decode` side by side; decoders enforce the [`limits`].
+//! - [`error`]: the one mapping between errors and gRPC status codes.
+//! - [`telemetry`]: distributed-tracing context in request metadata.
+//!
+//! The rest of the crate touches [`pb`] only to name the generated clients and service traits:
+//! handlers decode, do the work and encode; clients encode, call and decode.
 
+pub mod coordinator;
 pub mod error;
+pub mod telemetry;
+pub mod worker;
 
 pub use error::ServiceError;
 
@@ -18,9 +28,6 @@ pub mod pb {
 
 use std::time::Duration;
 
-use crate::domain::{print_reply, Domain};
-use crate::eval::trace::{AnsweredBy, Exhausted, Trace};
-
 /// Limits on what a request may carry. Every bound has a name.
 pub mod limits {
     /// Largest instance text accepted (bytes). Full-size instances are under 2 KiB.
@@ -33,38 +40,6 @@ pub mod limits {
     pub const MAX_BATCH_INSTANCES: usize = 1024;
     /// Largest gRPC message either service accepts.
     pub const MAX_MESSAGE_BYTES: usize = 16 * 1024 * 1024;
-}
-
-pub fn exhausted_name(e: Option<Exhausted>) -> String {
-    e.map(|e| e.name().to_string()).unwrap_or_default()
-}
-
-pub fn by_name(by: AnsweredBy) -> String {
-    by.name().to_string()
-}
-
-/// A trace on the wire.
-pub fn trace_to_pb<D: Domain>(domain: &D, tree_id: &str, trace: &Trace<D>) -> pb::Trace {
-    pb::Trace {
-        tree_id: tree_id.to_string(),
-        domain: D::KIND.name().to_string(),
-        answerer: trace.answerer.as_deref().unwrap_or("").to_string(),
-        nodes: trace
-            .nodes
-            .iter()
-            .map(|n| pb::TraceNode {
-                id: n.id,
-                parent: n.parent,
-                depth: n.depth,
-                question: domain.print_question(&n.question),
-                answer: print_reply(domain, &n.answer),
-                by: by_name(n.by),
-                exhausted: exhausted_name(n.exhausted),
-                start_us: n.start.as_micros() as u64,
-                end_us: n.end.as_micros() as u64,
-            })
-            .collect(),
-    }
 }
 
 /// Parses a `grpc-timeout` header value (`<digits><unit>`, unit one of H M S m u n).
@@ -94,78 +69,9 @@ pub fn request_timeout<T>(request: &tonic::Request<T>) -> Option<Duration> {
         .and_then(parse_grpc_timeout)
 }
 
-/// Trace context on the wire: a W3C `traceparent` header (`00-<trace id>-<span id>-01`) on every
-/// call, so a tree's spans on the coordinator and its workers share one trace id, plus
-/// `hch-trees`, the ids of the trees a worker call serves (a batch mixes trees).
-pub mod trace_context {
-    pub const TRACEPARENT: &str = "traceparent";
-    pub const TREES: &str = "hch-trees";
-
-    pub fn format(trace_id: u128, span_id: u64) -> String {
-        format!("00-{trace_id:032x}-{span_id:016x}-01")
-    }
-
-    /// The trace and parent span ids of a `traceparent` value, if it is well formed.
-    pub fn parse(value: &str) -> Option<(u128, u64)> {
-        let mut parts = value.split('-');
-        let (version, trace, span, _flags) =
-            (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
-        if version.len() != 2 || trace.len() != 32 || span.len() != 16 || parts.next().is_some() {
-            return None;
-        }
-        let trace = u128::from_str_radix(trace, 16).ok().filter(|&t| t != 0)?;
-        let span = u64::from_str_radix(span, 16).ok().filter(|&s| s != 0)?;
-        Some((trace, span))
-    }
-
-    /// A fresh non-zero id (not cryptographic: ids only need to be unique enough to join spans).
-    pub fn fresh_id() -> u128 {
-        use std::sync::atomic::{AtomicU64, Ordering};
-        static COUNTER: AtomicU64 = AtomicU64::new(1);
-        let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-        let t = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_nanos())
-            .unwrap_or(1);
-        let mut rng = crate::rng::Rng::derived(t as u64 ^ (t >> 64) as u64, n);
-        ((rng.next_u64() as u128) << 64 | rng.next_u64() as u128).max(1)
-    }
-
-    /// Reads the trace context of an incoming request.
-    pub fn of_request<T>(request: &tonic::Request<T>) -> (Option<(u128, u64)>, String) {
-        let md = request.metadata();
-        let parent = md
-            .get(TRACEPARENT)
-            .and_then(|v| v.to_str().ok())
-            .and_then(parse);
-        let trees = md
-            .get(TREES)
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or("")
-            .to_string();
-        (parent, trees)
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn traceparent_round_trips_and_rejects_junk() {
-        let v = trace_context::format(0xabc, 0x12);
-        assert_eq!(v, "00-00000000000000000000000000000abc-0000000000000012-01");
-        assert_eq!(trace_context::parse(&v), Some((0xabc, 0x12)));
-        for bad in [
-            "",
-            "00-abc-12-01",
-            "00-00000000000000000000000000000000-0000000000000012-01",
-            "zz",
-        ] {
-            assert_eq!(trace_context::parse(bad), None, "{bad}");
-        }
-        assert_ne!(trace_context::fresh_id(), trace_context::fresh_id());
-    }
 
     #[test]
     fn grpc_timeouts_parse() {

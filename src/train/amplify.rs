@@ -15,15 +15,17 @@ use futures::{StreamExt, TryStreamExt};
 use tonic::transport::Channel;
 
 use super::TrainError;
-use crate::answerer::{Answerer, Oracle};
+use crate::answerer::batched::{BatchConfig, BatchedAnswerer};
+use crate::answerer::{Answerer, AnswererId, Oracle};
 use crate::domain::{parse_reply, Domain, Instance};
+use crate::eval::trace::TraceView;
 use crate::eval::{Budget, EvalOptions, Evaluator, Mode};
 use crate::model::answerer::ModelAnswerer;
 use crate::model::generation;
 use crate::registry::{Manifest, Registry};
-use crate::rpc::pb;
+use crate::rpc::coordinator::{AskQuery, AskReply, CoordinatorStatus, InstanceSpec};
 use crate::rpc::pb::coordinator_client::CoordinatorClient;
-use crate::worker::batcher::{BatchConfig, BatchedAnswerer};
+use crate::rpc::{pb, ServiceError};
 
 /// One question to produce a target for.
 pub struct Task<D: Domain> {
@@ -72,11 +74,6 @@ pub trait TargetSource<D: Domain>: Send + Sync {
 
     /// Whether the targets are amplified answers (false: the ground truth).
     fn amplified(&self) -> bool;
-}
-
-/// The generation number in an answerer label "model g3".
-pub fn generation_of_label(label: &str) -> Option<u64> {
-    label.strip_prefix("model g")?.parse().ok()
 }
 
 /// Trees evaluated at once by the in-process sources (enough to fill a forward pass).
@@ -131,7 +128,7 @@ fn load_answerer<D: Domain + Copy>(
         crate::model::pick_device(),
     )?;
     let id = loaded.answerer_id();
-    Ok(Arc::new(ModelAnswerer::new(loaded.model, id.key, id.label)))
+    Ok(Arc::new(ModelAnswerer::new(loaded.model, id)))
 }
 
 /// Amplify(H, answerer) on each task with `evaluator`, keeping the root's subquestions.
@@ -162,10 +159,7 @@ async fn amplify_one<D: Domain>(
         .await
         .map_err(|e| TrainError::Source(e.to_string()))?;
     let trace = result.trace.as_ref();
-    let answerer = trace
-        .and_then(|t| t.answerer.as_deref())
-        .unwrap_or("nobody")
-        .to_string();
+    let answerer = trace.and_then(|t| t.answerer.as_ref());
     let mut subquestions: Vec<D::Question> = Vec::new();
     for node in trace.map(|t| t.nodes.as_slice()).unwrap_or_default() {
         if node.depth == 1 && !subquestions.contains(&node.question) {
@@ -174,8 +168,8 @@ async fn amplify_one<D: Domain>(
     }
     Ok(Produced {
         answer: result.answer,
-        generation: generation_of_label(&answerer),
-        answerer,
+        generation: answerer.and_then(AnswererId::generation),
+        answerer: answerer.map_or_else(|| "nobody".to_string(), |a| a.label().to_string()),
         tree_id: format!("local-{}", result.tree),
         nodes: result.stats.nodes,
         time_us: result.elapsed.as_micros() as u64,
@@ -235,55 +229,74 @@ impl<D: Domain + Copy> RemoteAmplifier<D> {
     }
 
     async fn ask(&self, task: &Task<D>) -> Result<Produced<D>, TrainError> {
-        let request = pb::AskRequest {
-            domain: D::KIND.name().to_string(),
-            instance: Some(pb::ask_request::Instance::Generated(
-                pb::GeneratedInstance {
-                    size: task.size,
-                    seed: task.seed,
-                },
-            )),
+        let query = AskQuery {
+            domain: D::KIND,
+            instance: InstanceSpec::Generated {
+                size: task.size,
+                seed: task.seed,
+            },
             question: self.domain.print_question(&task.question),
-            mode: "amplified".to_string(),
-            budget: None,
+            mode: Mode::Amplified,
+            budget: Budget::default(),
             want_trace: true,
         };
         let response = self
             .client
             .clone()
-            .ask(request)
+            .ask(query.encode())
             .await
-            .map_err(|s| TrainError::Source(format!("coordinator: {}", s.message())))?
-            .into_inner();
-        let bad = |what: &str, e: String| {
-            TrainError::Source(format!("coordinator sent a bad {what}: {e}"))
-        };
+            .map_err(|s| coordinator_error(s.into()))?;
+        let reply = AskReply::decode(response.into_inner()).map_err(coordinator_error)?;
         // H can combine wrong subanswers into a value outside the domain's answers (a sum out of
         // range); like any unrepresentable answer, that is no target.
-        let answer = parse_reply(&self.domain, &response.answer).unwrap_or(None);
-        let mut subquestions: Vec<D::Question> = Vec::new();
-        for node in response.trace.iter().flat_map(|t| &t.nodes) {
-            if node.depth == 1 {
-                let q = self
-                    .domain
-                    .parse_question(&node.question)
-                    .map_err(|e| bad("subquestion", e.to_string()))?;
-                if !subquestions.contains(&q) {
-                    subquestions.push(q);
-                }
-            }
-        }
-        let stats = response.stats.unwrap_or_default();
+        let answer = parse_reply(&self.domain, &reply.answer).unwrap_or(None);
+        let subquestions = reply
+            .trace
+            .as_ref()
+            .map(|t| root_subquestions(&self.domain, t))
+            .transpose()?
+            .unwrap_or_default();
         Ok(Produced {
             answer,
-            generation: generation_of_label(&response.answerer),
-            answerer: response.answerer,
-            tree_id: response.tree_id,
-            nodes: stats.nodes,
-            time_us: stats.elapsed_us,
+            generation: reply.generation,
+            answerer: reply.answerer.unwrap_or_else(|| "nobody".to_string()),
+            tree_id: reply.tree_id,
+            nodes: reply.stats.nodes,
+            time_us: reply.elapsed.as_micros() as u64,
             subquestions,
         })
     }
+
+    async fn status(&self) -> Result<CoordinatorStatus, TrainError> {
+        let response = self
+            .client
+            .clone()
+            .status(pb::StatusRequest {})
+            .await
+            .map_err(|s| coordinator_error(s.into()))?;
+        CoordinatorStatus::decode(response.into_inner()).map_err(coordinator_error)
+    }
+}
+
+fn coordinator_error(e: ServiceError) -> TrainError {
+    TrainError::Source(format!("coordinator: {}", e.message()))
+}
+
+/// The subquestions H asked at the root of a tree, in order, without repeats.
+fn root_subquestions<D: Domain>(
+    domain: &D,
+    trace: &TraceView,
+) -> Result<Vec<D::Question>, TrainError> {
+    let mut subquestions: Vec<D::Question> = Vec::new();
+    for node in trace.nodes.iter().filter(|n| n.depth == 1) {
+        let q = domain
+            .parse_question(&node.question)
+            .map_err(|e| TrainError::Source(format!("coordinator sent a bad subquestion: {e}")))?;
+        if !subquestions.contains(&q) {
+            subquestions.push(q);
+        }
+    }
+    Ok(subquestions)
 }
 
 impl<D: Domain + Copy> TargetSource<D> for RemoteAmplifier<D> {
@@ -301,25 +314,19 @@ impl<D: Domain + Copy> TargetSource<D> for RemoteAmplifier<D> {
 
     fn serve<'a>(&'a self, manifest: &'a Manifest) -> BoxFuture<'a, Result<(), TrainError>> {
         Box::pin(async move {
-            let want = format!("model g{}", manifest.generation);
+            let want = manifest.generation;
             let deadline = tokio::time::Instant::now() + self.load_timeout;
             // Workers poll the registry and the coordinator polls the workers; wait (polling the
             // coordinator's status) until every worker it knows serves the new generation.
             let mut tick = tokio::time::interval(Duration::from_millis(25));
             loop {
                 tick.tick().await;
-                let status = self
-                    .client
-                    .clone()
-                    .status(pb::StatusRequest {})
-                    .await
-                    .map_err(|s| TrainError::Source(format!("coordinator: {}", s.message())))?
-                    .into_inner();
+                let status = self.status().await?;
                 let total = status.workers.len();
                 let ready = status
                     .workers
                     .iter()
-                    .filter(|w| w.healthy && w.answerer == want)
+                    .filter(|w| w.healthy && w.generation == Some(want))
                     .count();
                 if total > 0 && ready == total {
                     return Ok(());
@@ -330,15 +337,15 @@ impl<D: Domain + Copy> TargetSource<D> for RemoteAmplifier<D> {
                         .iter()
                         .map(|w| {
                             format!(
-                                "{} {} serving {:?}",
+                                "{} {} serving {}",
                                 w.address,
                                 if w.healthy { "up" } else { "down" },
-                                w.answerer
+                                w.answerer.as_deref().unwrap_or("nothing")
                             )
                         })
                         .collect();
                     return Err(TrainError::Source(format!(
-                        "after {:?}, {ready} of {total} workers serve {want} ({}): are they \
+                        "after {:?}, {ready} of {total} workers serve g{want} ({}): are they \
                          watching this run's registry?",
                         self.load_timeout,
                         seen.join(", ")

@@ -53,7 +53,8 @@ use serde::{Deserialize, Serialize};
 pub use amplify::{GroundTruth, LocalAmplifier, Produced, RemoteAmplifier, TargetSource, Task};
 use store::{TargetRow, TargetSource as RowSource, TargetStore};
 
-use crate::answerer::Answerer;
+use crate::answerer::batched::BatchedAnswerer;
+use crate::answerer::{Answerer, AnswererId};
 use crate::domain::{self, Domain, Instance};
 use crate::eval::{Budget, EvalOptions, Evaluator, Mode};
 use crate::fsutil;
@@ -64,7 +65,6 @@ use crate::model::train::{self as distill, Accuracy, Example, ReplayBuffer, Trai
 use crate::model::{Model, ModelError};
 use crate::registry::{Manifest, Registry, RegistryError};
 use crate::rng::Rng;
-use crate::worker::batcher::BatchedAnswerer;
 
 /// The run settings format this build writes and reads.
 pub const RUN_FORMAT: u32 = 1;
@@ -945,18 +945,16 @@ pub async fn amplified_accuracy<D: Domain + Copy>(
         return Ok(f64::NAN);
     }
     let copy = model.duplicate()?;
-    // A key of its own: these weights are nobody's published generation yet.
-    let answerer: Arc<dyn Answerer<D>> =
-        Arc::new(ModelAnswerer::new(copy, u64::MAX - 1, "student"));
+    let answerer: Arc<dyn Answerer<D>> = Arc::new(ModelAnswerer::new(copy, AnswererId::student()));
     let batched = Arc::new(BatchedAnswerer::start(answerer, amplify::local_batching()));
     let domain = *model.domain();
     let evaluator = Evaluator::new(
         domain,
         Some(batched as Arc<dyn Answerer<D>>),
-        // No memo: held-out instances are reused every round, and memo entries live with the
-        // instance, so a memo here would serve one round's student's answers to the next.
+        // The memo is this evaluator's (dropped with it), so this round's student shares answers
+        // only among its own trees, never with the next round's.
         EvalOptions {
-            memo: false,
+            memo: true,
             trace: false,
         },
     );

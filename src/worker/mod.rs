@@ -4,11 +4,16 @@
 //! they are promoted) or, explicitly flagged, the oracle for every domain (tests and load tests).
 //! Per domain it keeps a [`FactsCache`] (facts arrive once, then by hash) and a [`Batcher`] (calls
 //! from many trees become one forward pass). Health reports NOT_SERVING until a model is loaded.
+//!
+//! A call reads: decode (`rpc::worker`: limits, facts by hash, questions parsed), answer through
+//! the batcher, encode; every error becomes a status through `rpc::error`, once.
 
-pub mod batcher;
 pub mod facts;
+#[cfg(feature = "model")]
+mod reload;
 
 use std::collections::HashMap;
+#[cfg(feature = "model")]
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, RwLock};
@@ -17,11 +22,12 @@ use std::time::Duration;
 use futures::future::BoxFuture;
 use tonic::{Request, Response, Status};
 
-use crate::answerer::{AnswerError, Answerer, AnswererId, Answers, Oracle, Query};
-use crate::domain::{parse_question_for, print_reply, Domain, DomainKind, Instance, InstanceId};
-use crate::rpc::{limits, pb, ServiceError};
+use crate::answerer::batched::{BatchConfig, BatchStats, Batcher, SharedAnswerer};
+use crate::answerer::{Answerer, AnswererId, Oracle};
+use crate::domain::{Domain, DomainKind};
+use crate::rpc::worker::{AnswerCall, AnswerReply, Resolved, WorkerInfo};
+use crate::rpc::{pb, telemetry, ServiceError};
 use crate::with_domain;
-use batcher::{BatchConfig, Batcher, SharedAnswerer};
 use facts::FactsCache;
 
 /// What a worker answers with.
@@ -31,6 +37,7 @@ pub enum Serving {
     /// simulate model latency in load and cancellation tests). Never the product path.
     Oracle { delay: Duration },
     /// The current generation of a model for `domain` in the registry at `registry`.
+    #[cfg(feature = "model")]
     Registry {
         registry: PathBuf,
         domain: DomainKind,
@@ -60,52 +67,10 @@ impl Default for WorkerConfig {
     }
 }
 
-/// The oracle, slowed down on request.
-struct SlowOracle<D: Domain> {
-    oracle: Oracle<D>,
-    delay: Duration,
-}
-
-impl<D: Domain> Answerer<D> for SlowOracle<D> {
-    fn id(&self) -> AnswererId {
-        AnswererId::oracle()
-    }
-
-    fn answer(&self, batch: Vec<Query<D>>) -> BoxFuture<'_, Answers<D::Answer>> {
-        Box::pin(async move {
-            if !self.delay.is_zero() {
-                tokio::time::sleep(self.delay).await;
-            }
-            self.oracle.answer(batch).await
-        })
-    }
-}
-
-/// Stands in until the first generation is loaded.
-struct NotLoaded;
-
-impl<D: Domain> Answerer<D> for NotLoaded {
-    fn id(&self) -> AnswererId {
-        AnswererId {
-            key: 1,
-            label: Arc::from("none"),
-        }
-    }
-
-    fn answer(&self, _: Vec<Query<D>>) -> BoxFuture<'_, Answers<D::Answer>> {
-        Box::pin(std::future::ready(Err(AnswerError::Unavailable(
-            "this worker has no model loaded yet".to_string(),
-        ))))
-    }
-}
-
 /// One domain's serving state (type-erased so the service can hold all five).
 trait DomainWorker: Send + Sync {
-    fn answer(
-        &self,
-        request: pb::AnswerRequest,
-    ) -> BoxFuture<'_, Result<pb::AnswerResponse, ServiceError>>;
-    fn stats(&self) -> &batcher::BatchStats;
+    fn answer(&self, call: AnswerCall) -> BoxFuture<'_, Result<AnswerReply, ServiceError>>;
+    fn stats(&self) -> &BatchStats;
 }
 
 struct Typed<D: Domain> {
@@ -115,120 +80,32 @@ struct Typed<D: Domain> {
 }
 
 impl<D: Domain + Copy> Typed<D> {
-    async fn answer_typed(
-        &self,
-        request: pb::AnswerRequest,
-    ) -> Result<pb::AnswerResponse, ServiceError> {
-        if request.items.len() > limits::MAX_BATCH_ITEMS {
-            return Err(ServiceError::invalid(format!(
-                "{} items in one call; the limit is {}",
-                request.items.len(),
-                limits::MAX_BATCH_ITEMS
-            )));
-        }
-        if request.instances.len() > limits::MAX_BATCH_INSTANCES {
-            return Err(ServiceError::invalid(format!(
-                "{} instances in one call; the limit is {}",
-                request.instances.len(),
-                limits::MAX_BATCH_INSTANCES
-            )));
-        }
-        let mut instances = Vec::with_capacity(request.instances.len());
-        let mut missing = Vec::new();
-        for (i, facts) in request.instances.iter().enumerate() {
-            let id: [u8; 32] = facts.id.as_slice().try_into().map_err(|_| {
-                ServiceError::invalid(format!(
-                    "instance {i}: id must be the 32-byte SHA-256 of the facts text, got {} bytes",
-                    facts.id.len()
-                ))
-            })?;
-            let id = InstanceId(id);
-            if facts.text.is_empty() {
-                match self.cache.get(&id) {
-                    Some(instance) => instances.push(Some(instance)),
-                    None => {
-                        missing.push(facts.id.clone());
-                        instances.push(None);
-                    }
+    async fn answer_typed(&self, call: AnswerCall) -> Result<AnswerReply, ServiceError> {
+        let queries = match call.resolve(&self.domain, |id| self.cache.get(id))? {
+            Resolved::MissingFacts(ids) => return Ok(AnswerReply::MissingFacts(ids)),
+            Resolved::Queries { queries, received } => {
+                for instance in received {
+                    self.cache.insert(instance);
                 }
-                continue;
+                queries
             }
-            if facts.text.len() > limits::MAX_FACTS_BYTES {
-                return Err(ServiceError::invalid(format!(
-                    "instance {i}: facts text is {} bytes; the limit is {}",
-                    facts.text.len(),
-                    limits::MAX_FACTS_BYTES
-                )));
-            }
-            let instance = Instance::parse(&self.domain, &facts.text)
-                .map_err(|e| ServiceError::invalid(format!("instance {i}: {e}")))?;
-            if instance.id() != id {
-                return Err(ServiceError::invalid(format!(
-                    "instance {i}: id {id} is not the SHA-256 of the facts' canonical text ({})",
-                    instance.id()
-                )));
-            }
-            self.cache.insert(instance.clone());
-            instances.push(Some(instance));
-        }
-        if !missing.is_empty() {
-            return Ok(pb::AnswerResponse {
-                missing_facts: missing,
-                ..Default::default()
-            });
-        }
-        let mut queries = Vec::with_capacity(request.items.len());
-        for (i, item) in request.items.iter().enumerate() {
-            let instance = instances
-                .get(item.instance as usize)
-                .and_then(|x| x.clone())
-                .ok_or_else(|| {
-                    ServiceError::invalid(format!(
-                        "item {i}: instance index {} is out of range ({} instances sent)",
-                        item.instance,
-                        instances.len()
-                    ))
-                })?;
-            if item.question.len() > limits::MAX_QUESTION_BYTES {
-                return Err(ServiceError::invalid(format!(
-                    "item {i}: question is {} bytes; the limit is {}",
-                    item.question.len(),
-                    limits::MAX_QUESTION_BYTES
-                )));
-            }
-            let question = parse_question_for(&self.domain, instance.facts(), &item.question)
-                .map_err(|e| ServiceError::invalid(format!("item {i}: {e}")))?;
-            queries.push(Query { instance, question });
-        }
+        };
         let answered = self.batcher.submit(queries).await?;
-        Ok(pb::AnswerResponse {
-            replies: answered
-                .answers
-                .iter()
-                .map(|a| pb::Reply {
-                    known: a.is_some(),
-                    answer: a
-                        .as_ref()
-                        .map(|_| print_reply(&self.domain, a))
-                        .unwrap_or_default(),
-                })
-                .collect(),
-            missing_facts: Vec::new(),
-            queue_us: answered.queue.as_micros() as u64,
-            compute_us: answered.compute.as_micros() as u64,
-        })
+        Ok(AnswerReply::of_answers(
+            &self.domain,
+            &answered.answers,
+            answered.queue,
+            answered.compute,
+        ))
     }
 }
 
 impl<D: Domain + Copy> DomainWorker for Typed<D> {
-    fn answer(
-        &self,
-        request: pb::AnswerRequest,
-    ) -> BoxFuture<'_, Result<pb::AnswerResponse, ServiceError>> {
-        Box::pin(self.answer_typed(request))
+    fn answer(&self, call: AnswerCall) -> BoxFuture<'_, Result<AnswerReply, ServiceError>> {
+        Box::pin(self.answer_typed(call))
     }
 
-    fn stats(&self) -> &batcher::BatchStats {
+    fn stats(&self) -> &BatchStats {
         &self.batcher.stats
     }
 }
@@ -236,7 +113,7 @@ impl<D: Domain + Copy> DomainWorker for Typed<D> {
 /// The worker's gRPC service.
 pub struct WorkerService {
     domains: HashMap<DomainKind, Arc<dyn DomainWorker>>,
-    info: Arc<RwLock<pb::ModelInfoResponse>>,
+    info: Arc<RwLock<WorkerInfo>>,
 }
 
 /// A started worker: its service plus what keeps it current.
@@ -250,11 +127,13 @@ impl Worker {
     /// Builds the service and, for a registry, starts loading (and later reloading) the current
     /// generation in the background. Needs a tokio runtime.
     pub fn start(serving: Serving, config: WorkerConfig) -> Worker {
+        #[cfg(feature = "model")]
         crate::model::set_threads(config.threads);
-        let info = Arc::new(RwLock::new(pb::ModelInfoResponse {
+        let info = Arc::new(RwLock::new(WorkerInfo {
+            domains: Vec::new(),
+            answerer: AnswererId::not_loaded(),
             max_batch: config.batch.max_batch as u32,
             queue_capacity: config.batch.queue_capacity as u32,
-            ..Default::default()
         }));
         let (ready_tx, ready) = tokio::sync::watch::channel(false);
         let mut domains: HashMap<DomainKind, Arc<dyn DomainWorker>> = HashMap::new();
@@ -263,22 +142,23 @@ impl Worker {
                 for kind in DomainKind::ALL {
                     let worker: Arc<dyn DomainWorker> = with_domain!(kind, d => {
                         let answerer: Arc<dyn Answerer<_>> =
-                            Arc::new(SlowOracle { oracle: Oracle::new(d), delay });
+                            Arc::new(Oracle::with_delay(d, delay));
                         Arc::new(typed(d, Arc::new(RwLock::new(answerer)), &config))
                     });
                     domains.insert(kind, worker);
                 }
                 let mut i = info.write().unwrap_or_else(|p| p.into_inner());
-                i.domains = DomainKind::NAMES.iter().map(|s| s.to_string()).collect();
-                i.answerer = "oracle".to_string();
-                i.answerer_key = AnswererId::ORACLE_KEY;
+                i.domains = DomainKind::ALL.to_vec();
+                i.answerer = AnswererId::oracle();
                 drop(i);
                 let _ = ready_tx.send(true);
             }
+            #[cfg(feature = "model")]
             Serving::Registry { registry, domain } => {
                 let worker: Arc<dyn DomainWorker> = with_domain!(domain, d => {
-                    let shared: SharedAnswerer<_> = Arc::new(RwLock::new(Arc::new(NotLoaded)));
-                    tokio::spawn(reload_loop(
+                    let shared: SharedAnswerer<_> =
+                        Arc::new(RwLock::new(Arc::new(reload::NotLoaded)));
+                    tokio::spawn(reload::reload_loop(
                         d,
                         registry.clone(),
                         shared.clone(),
@@ -290,8 +170,7 @@ impl Worker {
                 });
                 domains.insert(domain, worker);
                 let mut i = info.write().unwrap_or_else(|p| p.into_inner());
-                i.domains = vec![domain.name().to_string()];
-                i.answerer = "none".to_string();
+                i.domains = vec![domain];
             }
         }
         Worker {
@@ -310,72 +189,6 @@ fn typed<D: Domain + Copy>(
         domain,
         cache: FactsCache::new(config.facts_cache),
         batcher: Batcher::start(answerer, config.batch),
-    }
-}
-
-/// Loads the registry's current generation whenever it changes; batches in flight keep the
-/// model they started with.
-async fn reload_loop<D: Domain + Copy>(
-    domain: D,
-    registry: PathBuf,
-    shared: SharedAnswerer<D>,
-    info: Arc<RwLock<pb::ModelInfoResponse>>,
-    every: Duration,
-    ready: tokio::sync::watch::Sender<bool>,
-) {
-    let mut loaded: Option<u64> = None;
-    loop {
-        let registry_path = registry.clone();
-        let result = tokio::task::spawn_blocking(move || -> Result<Option<_>, String> {
-            let registry =
-                crate::registry::Registry::open(&registry_path).map_err(|e| e.to_string())?;
-            let Some(current) = registry.current().map_err(|e| e.to_string())? else {
-                return Ok(None);
-            };
-            if Some(current) == loaded {
-                return Ok(None);
-            }
-            let model = crate::model::generation::load(
-                &registry,
-                Some(current),
-                domain,
-                crate::model::pick_device(),
-            )
-            .map_err(|e| e.to_string())?;
-            Ok(Some(model))
-        })
-        .await;
-        match result {
-            Ok(Ok(Some(model))) => {
-                let id = model.answerer_id();
-                let generation = model.manifest.generation;
-                let answerer: Arc<dyn Answerer<D>> =
-                    Arc::new(crate::model::answerer::ModelAnswerer::new(
-                        model.model,
-                        id.key,
-                        id.label.clone(),
-                    ));
-                *shared.write().unwrap_or_else(|p| p.into_inner()) = answerer;
-                {
-                    let mut i = info.write().unwrap_or_else(|p| p.into_inner());
-                    i.answerer = id.label.to_string();
-                    i.answerer_key = id.key;
-                    i.generation = Some(generation);
-                }
-                loaded = Some(generation);
-                tracing::info!(generation, "worker loaded generation");
-                let _ = ready.send(true);
-            }
-            Ok(Ok(None)) => {}
-            Ok(Err(e)) => {
-                tracing::warn!(error = %e, "worker could not load the current generation")
-            }
-            Err(e) => tracing::error!(error = %e, "generation loading task failed"),
-        }
-        tokio::select! {
-            _ = tokio::time::sleep(every) => {}
-            _ = ready.closed() => return,
-        }
     }
 }
 
@@ -407,7 +220,7 @@ impl WorkerService {
         })
     }
 
-    pub fn info(&self) -> pb::ModelInfoResponse {
+    pub fn info(&self) -> WorkerInfo {
         self.info.read().unwrap_or_else(|p| p.into_inner()).clone()
     }
 }
@@ -419,39 +232,39 @@ impl pb::worker_server::Worker for Arc<WorkerService> {
         request: Request<pb::AnswerRequest>,
     ) -> Result<Response<pb::AnswerResponse>, Status> {
         use tracing::Instrument;
-        let (parent, trees) = crate::rpc::trace_context::of_request(&request);
-        let request = request.into_inner();
+        let (parent, trees) = telemetry::of_request(&request);
+        let call = AnswerCall::decode(request.into_inner())?;
         let span = tracing::info_span!(
             "worker.answer",
-            domain = %request.domain,
-            items = request.items.len(),
+            domain = %call.domain,
+            items = call.items.len(),
             trace_id = %parent.map(|(t, _)| format!("{t:032x}")).unwrap_or_default(),
             parent_span = %parent.map(|(_, s)| format!("{s:016x}")).unwrap_or_default(),
             trees = %trees,
         );
-        self.answer_in(request).instrument(span).await
+        let reply = self.answer_call(call).instrument(span).await?;
+        Ok(Response::new(reply.encode()))
     }
 
     async fn model_info(
         &self,
         _: Request<pb::ModelInfoRequest>,
     ) -> Result<Response<pb::ModelInfoResponse>, Status> {
-        Ok(Response::new(self.info()))
+        Ok(Response::new(self.info().encode()))
     }
 }
 
 impl WorkerService {
-    async fn answer_in(
-        &self,
-        request: pb::AnswerRequest,
-    ) -> Result<Response<pb::AnswerResponse>, Status> {
-        let kind: DomainKind = request.domain.parse().map_err(ServiceError::from)?;
-        let worker = self.domains.get(&kind).ok_or_else(|| {
+    /// Answers one decoded call.
+    pub async fn answer_call(&self, call: AnswerCall) -> Result<AnswerReply, ServiceError> {
+        let worker = self.domains.get(&call.domain).ok_or_else(|| {
+            let serves: Vec<&str> = self.info().domains.iter().map(|d| d.name()).collect();
             ServiceError::FailedPrecondition(format!(
-                "this worker serves {}, not {kind}",
-                self.info().domains.join(", ")
+                "this worker serves {}, not {}",
+                serves.join(", "),
+                call.domain
             ))
         })?;
-        Ok(Response::new(worker.answer(request).await?))
+        worker.answer(call).await
     }
 }

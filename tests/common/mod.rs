@@ -109,6 +109,7 @@ impl<D: Domain> Answerer<D> for Gated<D> {
 }
 
 /// Settings for a tiny training run that finishes a round in seconds in a debug build.
+#[cfg(feature = "model")]
 pub fn tiny_run<D: Domain>(domain: &D, size: usize, supervised: bool) -> hch::train::RunConfig {
     use hch::model::config::{ModelConfig, Preset};
     hch::train::RunConfig {
@@ -140,20 +141,10 @@ pub fn tiny_run<D: Domain>(domain: &D, size: usize, supervised: bool) -> hch::tr
 
 /// A coordinator and `workers` oracle workers on loopback ports, with default settings.
 pub async fn oracle_cluster(workers: usize) -> hch::server::Cluster {
-    use hch::coordinator::pool::{PoolConfig, WorkerSource};
-    hch::server::Cluster::start(
+    hch::server::Cluster::start(hch::server::ClusterConfig {
         workers,
-        hch::worker::Serving::Oracle {
-            delay: std::time::Duration::ZERO,
-        },
-        hch::worker::WorkerConfig::default(),
-        std::net::SocketAddr::from(([127, 0, 0, 1], 0)),
-        PoolConfig {
-            source: WorkerSource::Static(Vec::new()),
-            ..PoolConfig::default()
-        },
-        hch::coordinator::CoordinatorConfig::default(),
-    )
+        ..Default::default()
+    })
     .await
     .expect("an oracle cluster starts on loopback")
 }

@@ -1,8 +1,10 @@
-//! Dynamic batching: calls from many coordinators and trees are queued and answered together, up
-//! to a maximum batch size, waiting at most a maximum time for a batch to fill.
+//! Dynamic batching, as a layer over any [`Answerer`]: calls from many callers (a worker's RPCs
+//! from many coordinators and trees, the trainer's concurrent trees) are queued and answered
+//! together, up to a maximum batch size, waiting at most a maximum time for a batch to fill.
 //!
-//! The queue is bounded; when it is full, a call is refused at once with RESOURCE_EXHAUSTED rather
-//! than queued without limit (the coordinator retries on another worker). Calls whose caller has
+//! The queue is bounded; when it is full, a call is refused at once with
+//! [`AnswerError::Overloaded`] rather than queued without limit (a worker reports it as
+//! RESOURCE_EXHAUSTED, and the coordinator retries on another worker). Calls whose caller has
 //! gone away (the RPC was cancelled) are dropped from a batch before it is computed. The answerer
 //! is read afresh for every batch, so a newly loaded generation takes over between batches while
 //! batches in flight finish on the one they started with.
@@ -14,9 +16,8 @@ use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
-use crate::answerer::{AnswerError, Answerer, Query};
+use super::{AnswerError, Answerer, AnswererId, Answers, Query};
 use crate::domain::Domain;
-use crate::rpc::ServiceError;
 
 /// Batching limits.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -94,10 +95,7 @@ impl<D: Domain> Batcher<D> {
     }
 
     /// Queues `queries` and waits for their answers.
-    pub async fn submit(
-        &self,
-        queries: Vec<Query<D>>,
-    ) -> Result<Answered<D::Answer>, ServiceError> {
+    pub async fn submit(&self, queries: Vec<Query<D>>) -> Result<Answered<D::Answer>, AnswerError> {
         self.stats.calls.fetch_add(1, Ordering::Relaxed);
         let (reply, answer) = oneshot::channel();
         let job = Job {
@@ -109,20 +107,19 @@ impl<D: Domain> Batcher<D> {
         self.tx.try_send(job).map_err(|e| match e {
             mpsc::error::TrySendError::Full(_) => {
                 self.stats.refused_calls.fetch_add(1, Ordering::Relaxed);
-                ServiceError::ResourceExhausted(format!(
-                    "worker queue is full ({} calls waiting): retry on another worker or later",
+                AnswerError::Overloaded(format!(
+                    "the batching queue is full ({} calls waiting): retry elsewhere or later",
                     self.config.queue_capacity
                 ))
             }
-            mpsc::error::TrySendError::Closed(_) => {
-                ServiceError::Unavailable("worker is shutting down".to_string())
-            }
+            mpsc::error::TrySendError::Closed(_) => shutting_down(),
         })?;
-        answer
-            .await
-            .map_err(|_| ServiceError::Unavailable("worker is shutting down".to_string()))?
-            .map_err(ServiceError::from)
+        answer.await.map_err(|_| shutting_down())?
     }
+}
+
+fn shutting_down() -> AnswerError {
+    AnswerError::Unavailable("the batcher is shutting down".to_string())
 }
 
 async fn run<D: Domain>(
@@ -240,20 +237,11 @@ impl<D: Domain> BatchedAnswerer<D> {
 }
 
 impl<D: Domain> Answerer<D> for BatchedAnswerer<D> {
-    fn id(&self) -> crate::answerer::AnswererId {
+    fn id(&self) -> AnswererId {
         self.answerer.read().unwrap_or_else(|p| p.into_inner()).id()
     }
 
-    fn answer(
-        &self,
-        batch: Vec<Query<D>>,
-    ) -> futures::future::BoxFuture<'_, crate::answerer::Answers<D::Answer>> {
-        Box::pin(async move {
-            match self.batcher.submit(batch).await {
-                Ok(answered) => Ok(answered.answers),
-                Err(ServiceError::ResourceExhausted(m)) => Err(AnswerError::Overloaded(m)),
-                Err(e) => Err(AnswerError::Unavailable(e.to_string())),
-            }
-        })
+    fn answer(&self, batch: Vec<Query<D>>) -> futures::future::BoxFuture<'_, Answers<D::Answer>> {
+        Box::pin(async move { Ok(self.batcher.submit(batch).await?.answers) })
     }
 }
