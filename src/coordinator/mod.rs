@@ -365,7 +365,7 @@ impl pb::coordinator_server::Coordinator for Arc<CoordinatorService> {
             tokio::select! {
                 result = service.run(query, timeout, Some(events), parent) => {
                     let message = result
-                        .map(|r| TreeEvent::Done(r).encode())
+                        .map(|r| TreeEvent::Done(Box::new(r)).encode())
                         .map_err(Status::from);
                     let _ = tx.send(message).await;
                 }

@@ -324,7 +324,7 @@ pub enum TreeEvent {
         exhausted: Option<Exhausted>,
         elapsed: Duration,
     },
-    Done(AskReply),
+    Done(Box<AskReply>),
 }
 
 impl TreeEvent {
@@ -355,7 +355,7 @@ impl TreeEvent {
                 exhausted: encode_exhausted(exhausted),
                 elapsed_us: elapsed.as_micros() as u64,
             }),
-            TreeEvent::Done(reply) => Event::Done(reply.encode()),
+            TreeEvent::Done(reply) => Event::Done((*reply).encode()),
         };
         pb::TreeEvent { event: Some(event) }
     }
@@ -377,7 +377,7 @@ impl TreeEvent {
                 exhausted: decode_exhausted(&a.exhausted)?,
                 elapsed: Duration::from_micros(a.elapsed_us),
             },
-            Event::Done(r) => TreeEvent::Done(AskReply::decode(r)?),
+            Event::Done(r) => TreeEvent::Done(Box::new(AskReply::decode(r)?)),
         })
     }
 }
@@ -602,7 +602,7 @@ mod tests {
                 exhausted: Some(Exhausted::AnswererFailed),
                 elapsed: Duration::from_micros(17),
             },
-            TreeEvent::Done(reply()),
+            TreeEvent::Done(Box::new(reply())),
         ] {
             assert_eq!(TreeEvent::decode(e.clone().encode()).unwrap(), e);
         }
