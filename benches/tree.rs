@@ -1,9 +1,10 @@
 //! In-process tree evaluation on full-size instances: nodes per second on one core.
 //!
-//! Each iteration evaluates a fixed set of trees (seeded instances and questions), one after
-//! another on a current-thread runtime. In the main configurations every tree gets a fresh
-//! `Instance` (its own empty memo), so the memo saves only repeats within a tree and costs its
-//! full price on every node; `memo+trace/shared` lets the trees of one instance share its memo, as
+//! Each iteration evaluates a fixed set of trees (seeded instances and questions) on a
+//! current-thread runtime. In the main configurations the trees run one after another, so each has
+//! its instance's memo table to itself (an evaluator keeps a table while trees on the instance
+//! run): the memo saves only repeats within a tree and costs its full price on every node. In
+//! `memo+trace/shared` the trees about one instance run concurrently and share its table, as
 //! concurrent questions about one instance do in the coordinator. Throughput is in tree nodes:
 //! every node of the trace, memo hits included (with the memo off, every node is evaluated).
 //! Modes: exact (well-founded domains) and amplified with the oracle.
@@ -47,14 +48,25 @@ async fn run_all<D: Domain>(
     work: &Workload<D>,
     instances: &[Vec<Arc<Instance<D>>>],
     mode: Mode,
+    concurrent: bool,
 ) -> u64 {
     let mut nodes = 0;
     for (per_tree, questions) in instances.iter().zip(&work.questions) {
-        for (instance, q) in per_tree.iter().cycle().zip(questions) {
-            let r = evaluator
-                .evaluate(instance, q.clone(), mode, Budget::default())
-                .await
-                .unwrap();
+        let trees =
+            per_tree.iter().cycle().zip(questions).map(|(instance, q)| {
+                evaluator.evaluate(instance, q.clone(), mode, Budget::default())
+            });
+        let results = if concurrent {
+            futures::future::join_all(trees).await
+        } else {
+            let mut results = Vec::with_capacity(questions.len());
+            for tree in trees {
+                results.push(tree.await);
+            }
+            results
+        };
+        for r in results {
+            let r = r.unwrap();
             nodes += r.stats.nodes + r.stats.memo_hits;
         }
     }
@@ -90,12 +102,12 @@ fn bench_domain<D: Domain + Copy>(c: &mut Criterion, domain: D, mode: Mode) {
         ("memo+trace/shared", true, true, true),
     ] {
         let evaluator = Evaluator::new(domain, oracle.clone(), EvalOptions { memo, trace });
-        let nodes = rt.block_on(run_all(&evaluator, &work, &fresh(shared), mode));
+        let nodes = rt.block_on(run_all(&evaluator, &work, &fresh(shared), mode, shared));
         group.throughput(Throughput::Elements(nodes));
         group.bench_function(label, |b| {
             b.iter_batched(
                 || fresh(shared),
-                |instances| rt.block_on(run_all(&evaluator, &work, &instances, mode)),
+                |instances| rt.block_on(run_all(&evaluator, &work, &instances, mode, shared)),
                 BatchSize::SmallInput,
             )
         });

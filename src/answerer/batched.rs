@@ -245,3 +245,79 @@ impl<D: Domain> Answerer<D> for BatchedAnswerer<D> {
         Box::pin(async move { Ok(self.batcher.submit(batch).await?.answers) })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::wildcard::Wildcard;
+    use crate::domain::{Domain, Instance};
+
+    /// Fails every batch with an internal error.
+    struct Broken;
+
+    impl Answerer<Wildcard> for Broken {
+        fn id(&self) -> AnswererId {
+            AnswererId::custom(5, "broken")
+        }
+
+        fn answer(
+            &self,
+            _: Vec<Query<Wildcard>>,
+        ) -> futures::future::BoxFuture<'_, Answers<<Wildcard as Domain>::Answer>> {
+            Box::pin(std::future::ready(Err(AnswerError::Internal(
+                "the model produced NaN".into(),
+            ))))
+        }
+    }
+
+    fn query() -> Query<Wildcard> {
+        Query {
+            instance: Instance::generate(&Wildcard, 6, 1).unwrap(),
+            question: Wildcard.parse_question("0*****").unwrap(),
+        }
+    }
+
+    /// The layer passes its answerer's error through as it is: an internal failure stays internal
+    /// (a worker then reports INTERNAL, not UNAVAILABLE), and the identity is the answerer's.
+    #[tokio::test]
+    async fn errors_keep_their_kind_through_the_layer() {
+        let batched = BatchedAnswerer::start(Arc::new(Broken), BatchConfig::default());
+        assert_eq!(batched.id(), AnswererId::custom(5, "broken"));
+        let error = batched.answer(vec![query()]).await.unwrap_err();
+        assert_eq!(
+            error,
+            AnswerError::Internal("the model produced NaN".into())
+        );
+        let status: tonic::Status = crate::rpc::ServiceError::from(error).into();
+        assert_eq!(status.code(), tonic::Code::Internal);
+    }
+
+    /// A full queue refuses at once with Overloaded (RESOURCE_EXHAUSTED on the wire).
+    #[tokio::test(start_paused = true)]
+    async fn a_full_queue_refuses_with_overloaded() {
+        let slow: Arc<dyn Answerer<Wildcard>> = Arc::new(super::super::Oracle::with_delay(
+            Wildcard,
+            Duration::from_secs(60),
+        ));
+        let config = BatchConfig {
+            max_batch: 1,
+            max_wait: Duration::ZERO,
+            queue_capacity: 1,
+        };
+        let batcher = Batcher::start(Arc::new(RwLock::new(slow)), config);
+        // The first call is taken into a batch (the oracle then sleeps), the second waits in the
+        // queue, the third finds it full.
+        let first = batcher.submit(vec![query()]);
+        let second = batcher.submit(vec![query()]);
+        tokio::pin!(first, second);
+        assert!(futures::poll!(&mut first).is_pending());
+        tokio::task::yield_now().await;
+        assert!(futures::poll!(&mut second).is_pending());
+        match batcher.submit(vec![query()]).await {
+            Err(AnswerError::Overloaded(m)) => assert!(m.contains("queue is full"), "{m}"),
+            Err(e) => panic!("expected Overloaded, got {e}"),
+            Ok(_) => panic!("expected Overloaded, got answers"),
+        }
+        assert_eq!(batcher.stats.refused_calls.load(Ordering::Relaxed), 1);
+    }
+}
