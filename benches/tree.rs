@@ -11,6 +11,11 @@
 
 use std::sync::Arc;
 
+/// The allocator the `hch` binary uses (see src/main.rs), so that the bench measures the product's
+/// path: with glibc's malloc the timings also follow the heap's layout from setup to setup.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
 use hch::answerer::{Answerer, Oracle};
 use hch::domain::{Domain, DomainKind, Instance, FULL_SIZE};
