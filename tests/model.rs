@@ -8,7 +8,7 @@ use hch::answerer::{Answerer, Query};
 use hch::domain::Instance;
 use hch::model::answerer::ModelAnswerer;
 use hch::model::config::{ModelConfig, Preset};
-use hch::model::train::{evaluate, supervised_examples, ReplayBuffer, TrainConfig, Trainer};
+use hch::model::distill::{evaluate, supervised_examples, ReplayBuffer, TrainConfig, Trainer};
 use hch::model::{Model, ModelError};
 use tch::Device;
 

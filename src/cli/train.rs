@@ -12,7 +12,7 @@ use crate::coordinator::pool::PoolConfig;
 use crate::coordinator::CoordinatorConfig;
 use crate::domain::{Domain, DomainKind};
 use crate::model::config::{ModelConfig, Preset};
-use crate::model::train::TrainConfig;
+use crate::model::distill::TrainConfig;
 use crate::rpc::pb;
 use crate::server::Cluster;
 use crate::train::report::{self, RunSummary};
