@@ -51,7 +51,7 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 
 pub use amplify::{GroundTruth, LocalAmplifier, Produced, RemoteAmplifier, TargetSource, Task};
-use store::{TargetRow, TargetSource as RowSource, TargetStore};
+use store::{TargetOrigin, TargetRow, TargetStore};
 
 use crate::answerer::Answerer;
 use crate::domain::{self, Domain, Instance};
@@ -796,9 +796,9 @@ impl<D: Domain + Copy> Run<D> {
             answer: d.print_answer(answer),
             difficulty: d.difficulty(task.instance.facts(), &task.question),
             source: if self.config.supervised {
-                RowSource::Truth
+                TargetOrigin::Truth
             } else {
-                RowSource::Amplified
+                TargetOrigin::Amplified
             },
             answered_by_generation: p.generation,
             answerer: p.answerer.clone(),

@@ -89,27 +89,28 @@ const COLUMNS: [&str; 16] = [
     "index",
 ];
 
-/// Where a target's answer came from.
+/// Where a stored target's answer came from, as its `source` column records it. (What produces
+/// targets is a [`TargetSource`](super::amplify::TargetSource).)
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum TargetSource {
+pub enum TargetOrigin {
     /// Amplify(H, X): the overseer's answer with the model answering its subquestions.
     Amplified,
     /// The ground truth: only the explicit supervised baseline writes these.
     Truth,
 }
 
-impl TargetSource {
+impl TargetOrigin {
     pub fn as_str(self) -> &'static str {
         match self {
-            TargetSource::Amplified => "amplified",
-            TargetSource::Truth => "truth",
+            TargetOrigin::Amplified => "amplified",
+            TargetOrigin::Truth => "truth",
         }
     }
 
     fn parse(s: &str) -> Option<Self> {
         match s {
-            "amplified" => Some(TargetSource::Amplified),
-            "truth" => Some(TargetSource::Truth),
+            "amplified" => Some(TargetOrigin::Amplified),
+            "truth" => Some(TargetOrigin::Truth),
             _ => None,
         }
     }
@@ -130,7 +131,8 @@ pub struct TargetRow {
     /// The target answer (never `?`: unknown amplified answers are not targets).
     pub answer: String,
     pub difficulty: u32,
-    pub source: TargetSource,
+    /// Stored in the `source` column as `amplified` or `truth`.
+    pub source: TargetOrigin,
     /// The generation that answered the subquestions (`None` for ground truth).
     pub answered_by_generation: Option<u64>,
     /// Who answered the subquestions, as the evaluator labels it ("model g3", "ground truth").
@@ -550,7 +552,7 @@ fn decode_shard(bytes: Bytes) -> Result<Vec<TargetRow>, String> {
             question: string(5)?,
             answer: string(6)?,
             difficulty: small(7)?,
-            source: TargetSource::parse(&source)
+            source: TargetOrigin::parse(&source)
                 .ok_or_else(|| format!("row {i}: unknown source {source:?}"))?,
             answered_by_generation,
             answerer: string(10)?,
@@ -580,9 +582,9 @@ mod tests {
             answer: "-1".into(),
             difficulty: 3,
             source: if answered_by.is_some() {
-                TargetSource::Amplified
+                TargetOrigin::Amplified
             } else {
-                TargetSource::Truth
+                TargetOrigin::Truth
             },
             answered_by_generation: answered_by,
             answerer: "model g2".into(),
@@ -639,6 +641,19 @@ mod tests {
             .unwrap()
             .to_string();
         assert!(err.contains("wildcard"), "{err}");
+    }
+
+    #[test]
+    fn origins_keep_their_column_values() {
+        // Part of the shard format: readers outside this crate match on these strings.
+        for (origin, text) in [
+            (TargetOrigin::Amplified, "amplified"),
+            (TargetOrigin::Truth, "truth"),
+        ] {
+            assert_eq!(origin.as_str(), text);
+            assert_eq!(TargetOrigin::parse(text), Some(origin));
+        }
+        assert_eq!(TargetOrigin::parse("Amplified"), None);
     }
 
     #[test]
