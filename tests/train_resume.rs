@@ -51,7 +51,7 @@ fn committed(dir: &Path) -> Vec<(u64, u32, String)> {
     struct Manifest {
         shards: Vec<Shard>,
     }
-    match std::fs::read(dir.join("targets/MANIFEST.json")) {
+    match std::fs::read(dir.join("targets/manifest.json")) {
         // The manifest is replaced atomically, so a read sees a whole one.
         Ok(bytes) => serde_json::from_slice::<Manifest>(&bytes)
             .expect("the manifest is whole")

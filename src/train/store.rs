@@ -4,7 +4,7 @@
 //!
 //! ```text
 //! targets/
-//!   MANIFEST.json                 the committed shards: {"format":1,"domain":"wildcard","shards":[
+//!   manifest.json                 the committed shards: {"format":1,"domain":"wildcard","shards":[
 //!                                   {"file":"r000003-p0001.parquet","round":3,"part":1,
 //!                                    "rows":256,"bytes":21873,"sha256":"…"}, …]}
 //!   r000003-p0001.parquet         the targets of round 3 (produced with generation X_3), part 1
@@ -46,8 +46,11 @@ use crate::fsutil;
 
 /// The manifest format this build writes and reads.
 pub const STORE_FORMAT: u32 = 1;
-/// File name of the manifest in the store directory.
-pub const MANIFEST_FILE: &str = "MANIFEST.json";
+/// File name of the manifest in the store directory (the same as a registry generation's).
+pub const MANIFEST_FILE: &str = "manifest.json";
+/// The manifest's name before it matched the registry's. A store that has only this one is
+/// refused rather than opened empty, which would delete its shards as uncommitted.
+const OLD_MANIFEST_FILE: &str = "MANIFEST.json";
 
 /// The Parquet schema of every shard. Column order is part of the format.
 pub const SCHEMA: &str = "message training_targets {
@@ -188,6 +191,11 @@ pub enum StoreError {
     },
     #[error("invalid target row: {0}")]
     InvalidRow(String),
+    #[error(
+        "{path} was written by an older build (its manifest is named {OLD_MANIFEST_FILE}); \
+         use another run directory"
+    )]
+    OldLayout { path: PathBuf },
 }
 
 fn io_err(path: &Path) -> impl FnOnce(io::Error) -> StoreError + '_ {
@@ -235,11 +243,16 @@ impl TargetStore {
                 }
                 m
             }
-            Err(e) if e.kind() == io::ErrorKind::NotFound => StoreManifest {
-                format: STORE_FORMAT,
-                domain: domain.to_string(),
-                shards: Vec::new(),
-            },
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                if dir.join(OLD_MANIFEST_FILE).is_file() {
+                    return Err(StoreError::OldLayout { path: dir });
+                }
+                StoreManifest {
+                    format: STORE_FORMAT,
+                    domain: domain.to_string(),
+                    shards: Vec::new(),
+                }
+            }
             Err(e) => return Err(io_err(&manifest_path)(e)),
         };
         for shard in &manifest.shards {
@@ -641,6 +654,20 @@ mod tests {
             .unwrap()
             .to_string();
         assert!(err.contains("wildcard"), "{err}");
+    }
+
+    #[test]
+    fn a_store_with_the_old_manifest_name_is_refused_not_emptied() {
+        let dir = TestDir::new("store-old-layout");
+        let mut store = TargetStore::open(&dir.0, "wildcard").unwrap();
+        let info = store.commit(0, 0, &[row(0, 0, None)]).unwrap();
+        fs::rename(dir.0.join(MANIFEST_FILE), dir.0.join(OLD_MANIFEST_FILE)).unwrap();
+        if dir.0.join(MANIFEST_FILE).exists() {
+            return; // a case-insensitive file system: the two names are one file, which opens
+        }
+        let err = TargetStore::open(&dir.0, "wildcard").err().unwrap();
+        assert!(matches!(err, StoreError::OldLayout { .. }), "{err}");
+        assert!(dir.0.join(&info.file).exists(), "the shard was deleted");
     }
 
     #[test]
