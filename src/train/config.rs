@@ -4,6 +4,8 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use super::decide::Curriculum;
+
 use crate::domain::{self, Domain};
 use crate::model::config::ModelConfig;
 use crate::model::distill::TrainConfig;
@@ -94,6 +96,17 @@ impl RunConfig {
             return Err(format!("seed must be below 2^62, got {}", self.seed));
         }
         self.model.check_for(domain)
+    }
+
+    /// The settings the curriculum decides by.
+    pub fn curriculum(&self) -> Curriculum {
+        Curriculum {
+            start_size: self.start_size,
+            target_size: self.target_size,
+            size_step: self.size_step,
+            advance_at: self.advance_at,
+            difficulty_curriculum: self.difficulty_curriculum,
+        }
     }
 
     pub(super) fn parts_per_round(&self) -> u32 {

@@ -1,3 +1,5 @@
+//! What can go wrong in a run: each variant names the file or setting involved.
+
 use std::path::PathBuf;
 
 use super::store;

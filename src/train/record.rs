@@ -3,6 +3,7 @@
 
 use std::collections::BTreeMap;
 
+use super::decide::Stage;
 use crate::model::distill::Accuracy;
 use crate::registry::Manifest;
 
@@ -44,6 +45,22 @@ pub struct RoundRecord {
 }
 
 impl RoundRecord {
+    /// The stage this generation's round trained at.
+    pub fn stage(&self) -> Stage {
+        Stage {
+            size: self.size,
+            max_difficulty: self.max_difficulty,
+        }
+    }
+
+    /// The stage the next round trains at (chosen by the curriculum after this round).
+    pub fn next_stage(&self) -> Stage {
+        Stage {
+            size: self.next_size,
+            max_difficulty: self.next_max_difficulty,
+        }
+    }
+
     pub(super) fn to_metrics(&self) -> BTreeMap<String, f64> {
         let mut m = BTreeMap::new();
         if let Some(r) = self.round {

@@ -7,6 +7,7 @@ use std::sync::Arc;
 
 use super::amplify::{Produced, TargetSource, Task};
 use super::config::HELDOUT_SEED_BASE;
+use super::decide::Stage;
 use super::store::{TargetOrigin, TargetRow};
 use super::{Progress, Run, TrainError};
 use crate::domain::{Domain, Instance};
@@ -20,8 +21,7 @@ impl<D: Domain + Copy> Run<D> {
         &mut self,
         source: &dyn TargetSource<D>,
         round: u64,
-        size: usize,
-        cap: Option<u32>,
+        stage: Stage,
         progress: &mut dyn FnMut(Progress),
     ) -> Result<(Vec<TargetRow>, u64), TrainError> {
         let c = &self.config;
@@ -33,7 +33,7 @@ impl<D: Domain + Copy> Run<D> {
             let last = (first + c.roots_per_part).min(c.roots_per_round);
             if !self.store.has_part(round, part) {
                 let roots: Vec<Task<D>> = (first..last)
-                    .map(|i| self.root_task(round, i as u64, size, cap))
+                    .map(|i| self.root_task(round, i as u64, stage))
                     .collect::<Result<_, _>>()?;
                 // Each root, then a random path down its tree: one of the subquestions H asked,
                 // amplified in turn, then one of its subquestions, ... to H's base case or the
@@ -129,13 +129,11 @@ impl<D: Domain + Copy> Run<D> {
     /// Root question `index` of `round`: a fresh instance from a seed derived from the run seed.
     /// Under a difficulty cap, questions are drawn until one is at most the cap (the easiest of a
     /// bounded number of draws otherwise).
-    fn root_task(
-        &self,
-        round: u64,
-        index: u64,
-        size: usize,
-        cap: Option<u32>,
-    ) -> Result<Task<D>, TrainError> {
+    fn root_task(&self, round: u64, index: u64, stage: Stage) -> Result<Task<D>, TrainError> {
+        let Stage {
+            size,
+            max_difficulty: cap,
+        } = stage;
         let mut rng = Rng::derived(self.config.seed.wrapping_add(round << 40), index);
         let seed = rng.next_u64() % HELDOUT_SEED_BASE;
         let instance = Instance::generate(&self.domain, size, seed)
