@@ -124,7 +124,8 @@ fn a_killed_run_resumes_without_losing_or_duplicating_targets() {
     let manifests = registry.list().unwrap();
     assert_eq!(manifests.len() as u64, ROUNDS + 1);
     for m in &manifests[1..] {
-        assert_eq!(m.metrics["round"] as u64, m.generation - 1);
+        let record = hch::train::RoundRecord::from_manifest(m).unwrap();
+        assert_eq!(record.round, Some(m.generation - 1));
     }
     std::fs::remove_dir_all(&dir).unwrap();
 }

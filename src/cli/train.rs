@@ -327,12 +327,9 @@ fn table_row(r: &RoundRecord) -> String {
         r.steps,
         pct(r.accuracy),
         pct(r.accuracy_target),
-        pct(r.amplified_target),
-        if r.gap.is_finite() {
-            format!("{:+.1}", 100.0 * r.gap)
-        } else {
-            "-".into()
-        },
+        r.amplified_target.map_or_else(|| "-".into(), pct),
+        r.gap
+            .map_or_else(|| "-".into(), |gap| format!("{:+.1}", 100.0 * gap)),
         if r.promoted { "yes" } else { "no" },
         r.wall_seconds
     )

@@ -7,7 +7,7 @@ use std::time::Instant;
 use super::amplify::TargetSource;
 use super::decide::{self, Stage};
 use super::evaluate::HeldOut;
-use super::record::by_difficulty;
+use super::record::{by_difficulty, finite, read_record};
 use super::targets::InstanceCache;
 use super::{Progress, RoundRecord, Run, StopAt, TrainError};
 use crate::domain::{self, Domain};
@@ -50,10 +50,7 @@ impl<D: Domain + Copy> Run<D> {
         source.serve(&self.registry.load(current)?.manifest).await?;
         let mut student = self.resume_student(&latest)?;
         let mut heldout = HeldOut::new(self.heldout(self.config.target_size)?);
-        let mut last = RoundRecord::from_manifest(&latest).ok_or_else(|| TrainError::Run {
-            path: self.registry.generation_dir(latest.generation),
-            message: "manifest lacks this run's metrics".to_string(),
-        })?;
+        let mut last = read_record(&self.registry, &latest)?;
         let mut records = Vec::new();
         while !decide::stop(&stop, &last, self.registry.current().ok().flatten()) {
             last = self
@@ -145,6 +142,7 @@ impl<D: Domain + Copy> Run<D> {
         );
 
         let at_target = evaluation.at_target.fraction();
+        let amplified_target = finite(evaluation.amplified_target);
         let record = RoundRecord {
             generation: 0, // filled in by publishing
             round: Some(round),
@@ -157,11 +155,11 @@ impl<D: Domain + Copy> Run<D> {
             unknown: targets.unknown,
             targets_total: self.store.rows(),
             steps: student.steps,
-            loss,
+            loss: finite(loss),
             accuracy: evaluation.accuracy,
             accuracy_target: at_target,
-            amplified_target: evaluation.amplified_target,
-            gap: evaluation.amplified_target - at_target,
+            amplified_target,
+            gap: amplified_target.map(|a| a - at_target),
             by_difficulty: by_difficulty(&evaluation.at_target),
             promoted,
             wall_seconds: last.wall_seconds + started.elapsed().as_secs_f64(),
@@ -264,7 +262,7 @@ impl<D: Domain + Copy> Run<D> {
             model,
             Some(latest_generation(&self.registry)?),
             record.steps,
-            record.to_metrics(),
+            record.to_value(),
             note,
         )?;
         if record.promoted {

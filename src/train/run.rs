@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 
 use super::config::{differences, RUN_FILE};
 use super::decide;
-use super::record::by_difficulty;
+use super::record::{by_difficulty, read_record, read_records};
 use super::store::TargetStore;
 use super::{Progress, RoundRecord, RunConfig, TrainError};
 use crate::domain::Domain;
@@ -100,7 +100,7 @@ impl<D: Domain + Copy> Run<D> {
         let manifests = self.registry.list()?;
         if let Some(latest) = manifests.last() {
             // A crash between publishing a generation that passed its gate and promoting it.
-            if latest.metrics.get("promoted") == Some(&1.0)
+            if read_record(&self.registry, latest)?.promoted
                 && self.registry.current()? != Some(latest.generation)
             {
                 self.registry.promote(latest.generation)?;
@@ -135,11 +135,11 @@ impl<D: Domain + Copy> Run<D> {
             unknown: 0,
             targets_total: 0,
             steps: 0,
-            loss: f64::NAN,
+            loss: None,
             accuracy: accuracy.fraction(),
             accuracy_target: at_target.fraction(),
-            amplified_target: f64::NAN,
-            gap: f64::NAN,
+            amplified_target: None,
+            gap: None,
             by_difficulty: by_difficulty(&at_target),
             promoted: true,
             wall_seconds: 0.0,
@@ -150,7 +150,7 @@ impl<D: Domain + Copy> Run<D> {
             &model,
             None,
             0,
-            record.to_metrics(),
+            record.to_value(),
             "random initial weights",
         )?;
         self.registry.promote(manifest.generation)?;
@@ -163,11 +163,6 @@ impl<D: Domain + Copy> Run<D> {
 
     /// The per-generation records of this run so far, oldest first.
     pub fn records(&self) -> Result<Vec<RoundRecord>, TrainError> {
-        Ok(self
-            .registry
-            .list()?
-            .iter()
-            .filter_map(RoundRecord::from_manifest)
-            .collect())
+        read_records(&self.registry)
     }
 }
