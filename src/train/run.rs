@@ -25,8 +25,8 @@ pub struct Run<D: Domain + Copy> {
 }
 
 impl<D: Domain + Copy> Run<D> {
-    /// Opens the run in `dir`, creating it with `config` (and a random generation 0, promoted) if
-    /// it is new. An existing run must have been started with the same settings.
+    /// Opens the run in `dir`, creating it with `config` if it is new (generation 0 comes with
+    /// [`Run::initialise`]). An existing run must have been started with the same settings.
     pub fn open(domain: D, dir: impl Into<PathBuf>, config: RunConfig) -> Result<Self, TrainError> {
         let dir = dir.into();
         config.check(&domain).map_err(TrainError::Config)?;
