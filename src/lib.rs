@@ -36,7 +36,7 @@
 //! The flow of training: `train::Run` samples root questions, a `train::TargetSource` evaluates
 //! Amplify(H, X) on them (in-process, or through a coordinator whose workers serve the run's
 //! registry), the targets are committed to a `train::store::TargetStore`, the student distils
-//! them (`model::train`), is evaluated against the ground truth, and is published and promoted in
+//! them (`model::distill`), is evaluated against the ground truth, and is published and promoted in
 //! the [`registry`], from which workers hot-load it.
 #![forbid(unsafe_code)]
 

@@ -3,7 +3,8 @@
 //! Iterated amplification trains a sequence of models X₀, X₁, …; each is a *generation*: its
 //! weights (a safetensors file written by the model code, opaque here) plus a JSON [`Manifest`]
 //! recording where it came from (domain, parent generation, architecture config, training steps,
-//! metrics) and the SHA-256 and size of the weights. Layout under the registry root:
+//! the publisher's record of it) and the SHA-256 and size of the weights. Layout under the registry
+//! root:
 //!
 //! ```text
 //! root/
@@ -38,7 +39,6 @@
 //! Whether a generation fits the model being built (domain, architecture) is the model module's
 //! decision: this module only exposes the manifest.
 
-use std::collections::BTreeMap;
 use std::fmt;
 use std::fs;
 use std::io;
@@ -51,7 +51,7 @@ use serde::{Deserialize, Serialize};
 use crate::fsutil;
 
 /// The manifest format this build writes and reads.
-pub const MANIFEST_FORMAT: u32 = 1;
+pub const MANIFEST_FORMAT: u32 = 2;
 /// File name of the weights inside a generation directory.
 pub const WEIGHTS_FILE: &str = "weights.safetensors";
 /// File name of the manifest inside a generation directory.
@@ -88,8 +88,9 @@ pub struct Manifest {
     pub weights_bytes: u64,
     /// Optimiser steps behind this generation.
     pub training_steps: u64,
-    /// Evaluation metrics at publishing time (finite values only).
-    pub metrics: BTreeMap<String, f64>,
+    /// What the publisher recorded about this generation (for a training run, its round's record:
+    /// evaluation, curriculum stage, gate); its schema belongs to the publisher (the train module).
+    pub record: serde_json::Value,
     /// When it was published, milliseconds since the Unix epoch.
     pub created_unix_ms: u64,
     /// Free text for humans.
@@ -105,7 +106,7 @@ pub struct NewGeneration {
     pub parent: Option<u64>,
     pub config: serde_json::Value,
     pub training_steps: u64,
-    pub metrics: BTreeMap<String, f64>,
+    pub record: serde_json::Value,
     pub note: String,
 }
 
@@ -526,8 +527,7 @@ impl Registry {
     /// complete one; on any error, including `write_weights` failing, the staging directory is
     /// removed and nothing appears.
     ///
-    /// `new.parent`, if set, must be an existing generation; metrics must be finite (JSON has
-    /// no NaN or infinity).
+    /// `new.parent`, if set, must be an existing generation.
     pub fn publish<E, F>(
         &self,
         new: NewGeneration,
@@ -541,11 +541,6 @@ impl Registry {
             root: self.root.clone(),
             reason,
         };
-        if let Some((name, value)) = new.metrics.iter().find(|(_, v)| !v.is_finite()) {
-            return Err(invalid(format!(
-                "metric {name:?} is {value}, which JSON cannot record"
-            )));
-        }
         if let Some(parent) = new.parent {
             if !self.generation_dir(parent).is_dir() {
                 let existing = self.generation_numbers()?;
@@ -597,7 +592,7 @@ impl Registry {
             weights_sha256,
             weights_bytes,
             training_steps: new.training_steps,
-            metrics: new.metrics,
+            record: new.record,
             created_unix_ms: now_unix_ms(),
             note: new.note,
         };
@@ -735,7 +730,7 @@ mod tests {
             parent,
             config: json!({"d_model": 64, "layers": 2}),
             training_steps: steps,
-            metrics: BTreeMap::from([("accuracy".to_string(), 0.5)]),
+            record: json!({"accuracy": 0.5, "round": null}),
             note: format!("after {steps} steps"),
         }
     }
@@ -773,6 +768,7 @@ mod tests {
             fsutil::sha256_bytes(b"weights of generation zero")
         );
         assert_eq!(m0.config, json!({"d_model": 64, "layers": 2}));
+        assert_eq!(m0.record, json!({"accuracy": 0.5, "round": null}));
         assert_eq!(m1.parent, Some(0));
 
         let listed = reg.list().unwrap();
@@ -918,7 +914,7 @@ mod tests {
         publish_bytes(&reg, None, b"w0");
         publish_bytes(&reg, Some(0), b"w1");
         let manifest = reg.generation_dir(1).join(MANIFEST_FILE);
-        fs::write(&manifest, b"{\"format\": 1, \"domain\": ").unwrap();
+        fs::write(&manifest, b"{\"format\": 2, \"domain\": ").unwrap();
 
         for err in [reg.load(1).unwrap_err(), reg.list().unwrap_err()] {
             assert!(
@@ -976,9 +972,18 @@ mod tests {
         fs::write(&path, serde_json::to_vec(&m).unwrap()).unwrap();
         let msg = reg.load(0).unwrap_err().to_string();
         assert!(
-            msg.contains("unsupported manifest format 9") && msg.contains("reads format 1"),
+            msg.contains("unsupported manifest format 9") && msg.contains("reads format 2"),
             "{msg}"
         );
+
+        // The previous format (flat `metrics` instead of `record`): reported as a format problem.
+        let mut m = original.clone();
+        m["format"] = json!(1);
+        m["metrics"] = json!({"accuracy": 0.5});
+        m.as_object_mut().unwrap().remove("record");
+        fs::write(&path, serde_json::to_vec(&m).unwrap()).unwrap();
+        let msg = reg.load(0).unwrap_err().to_string();
+        assert!(msg.contains("unsupported manifest format 1"), "{msg}");
 
         let mut m = original.clone();
         m["surprise"] = json!(true);
@@ -1153,22 +1158,15 @@ mod tests {
     fn invalid_new_generations_are_rejected_before_writing() {
         let dir = TestDir::new("invalid-new");
         let reg = Registry::open(&dir.0).unwrap();
-        let mut g = new_gen(None, 1);
-        g.metrics.insert("loss".into(), f64::NAN);
         let called = std::cell::Cell::new(false);
         let err = reg
-            .publish(g, |p| {
+            .publish(new_gen(Some(4), 1), |p| {
                 called.set(true);
                 fs::write(p, b"w")
             })
             .unwrap_err();
-        assert!(err.to_string().contains("\"loss\""), "{err}");
-        assert!(!called.get());
-
-        let err = reg
-            .publish(new_gen(Some(4), 1), |p| fs::write(p, b"w"))
-            .unwrap_err();
         assert!(err.to_string().contains("parent generation 4"), "{err}");
+        assert!(!called.get());
         assert!(names_in(&reg.generations_dir()).is_empty());
     }
 

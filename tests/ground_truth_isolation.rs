@@ -9,7 +9,7 @@
 mod common;
 
 use hch::domain::permutation::Permutation;
-use hch::train::store::TargetSource as RowSource;
+use hch::train::store::TargetOrigin;
 use hch::train::{GroundTruth, LocalAmplifier, Run, StopAt};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -41,7 +41,7 @@ async fn amplified_targets_never_consult_the_ground_truth() {
         );
     }
     let rows = run.store().all().unwrap();
-    assert!(rows.iter().all(|r| r.source == RowSource::Amplified
+    assert!(rows.iter().all(|r| r.source == TargetOrigin::Amplified
         && r.answerer.starts_with("model g")
         && r.answered_by_generation.is_some()));
 

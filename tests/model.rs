@@ -8,7 +8,7 @@ use hch::answerer::{Answerer, AnswererId, Query};
 use hch::domain::Instance;
 use hch::model::answerer::ModelAnswerer;
 use hch::model::config::{ModelConfig, Preset};
-use hch::model::train::{evaluate, supervised_examples, ReplayBuffer, TrainConfig, Trainer};
+use hch::model::distill::{evaluate, supervised_examples, ReplayBuffer, TrainConfig, Trainer};
 use hch::model::{Model, ModelError};
 use tch::Device;
 
@@ -186,7 +186,6 @@ mod generations {
     use super::*;
     use hch::model::generation::{self, GenerationError};
     use hch::registry::{Registry, MANIFEST_FILE, WEIGHTS_FILE};
-    use std::collections::BTreeMap;
 
     fn published() -> (
         PathBuf,
@@ -197,8 +196,9 @@ mod generations {
         let dir = scratch(&format!("registry-{:?}", std::thread::current().id()));
         let registry = Registry::open(&dir).unwrap();
         let model = small_trained_model();
-        let metrics = BTreeMap::from([("held_out_accuracy".to_string(), 0.5)]);
-        let m = generation::publish(&registry, &model, None, 5, metrics, "test").unwrap();
+        let record = serde_json::json!({"held_out_accuracy": 0.5});
+        let m = generation::publish(&registry, &model, None, 5, record.clone(), "test").unwrap();
+        assert_eq!(m.record, record);
         registry.promote(m.generation).unwrap();
         (dir, registry, model, m.generation)
     }

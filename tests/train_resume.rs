@@ -51,7 +51,7 @@ fn committed(dir: &Path) -> Vec<(u64, u32, String)> {
     struct Manifest {
         shards: Vec<Shard>,
     }
-    match std::fs::read(dir.join("targets/MANIFEST.json")) {
+    match std::fs::read(dir.join("targets/manifest.json")) {
         // The manifest is replaced atomically, so a read sees a whole one.
         Ok(bytes) => serde_json::from_slice::<Manifest>(&bytes)
             .expect("the manifest is whole")
@@ -124,7 +124,8 @@ fn a_killed_run_resumes_without_losing_or_duplicating_targets() {
     let manifests = registry.list().unwrap();
     assert_eq!(manifests.len() as u64, ROUNDS + 1);
     for m in &manifests[1..] {
-        assert_eq!(m.metrics["round"] as u64, m.generation - 1);
+        let record = hch::train::RoundRecord::from_manifest(m).unwrap();
+        assert_eq!(record.round, Some(m.generation - 1));
     }
     std::fs::remove_dir_all(&dir).unwrap();
 }

@@ -11,7 +11,7 @@ use crate::coordinator::pool::PoolConfig;
 use crate::domain::{Domain, DomainKind};
 use crate::eval::{Budget, Mode};
 use crate::model::config::{ModelConfig, Preset};
-use crate::model::train::TrainConfig;
+use crate::model::distill::TrainConfig;
 use crate::rpc::coordinator::{AskQuery, AskReply, InstanceSpec};
 use crate::rpc::{pb, ServiceError};
 use crate::server::{Cluster, ClusterConfig};
@@ -327,12 +327,9 @@ fn table_row(r: &RoundRecord) -> String {
         r.steps,
         pct(r.accuracy),
         pct(r.accuracy_target),
-        pct(r.amplified_target),
-        if r.gap.is_finite() {
-            format!("{:+.1}", 100.0 * r.gap)
-        } else {
-            "-".into()
-        },
+        r.amplified_target.map_or_else(|| "-".into(), pct),
+        r.gap
+            .map_or_else(|| "-".into(), |gap| format!("{:+.1}", 100.0 * gap)),
         if r.promoted { "yes" } else { "no" },
         r.wall_seconds
     )

@@ -3,7 +3,6 @@
 //! checks that the manifest's domain and architecture fit the domain the caller expects and that
 //! the weights fit the architecture).
 
-use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use tch::Device;
@@ -54,13 +53,14 @@ pub fn answerer_id(manifest: &Manifest) -> AnswererId {
     AnswererId::model(manifest.generation, &manifest.weights_sha256)
 }
 
-/// Publishes `model` as a new generation (not yet promoted to current).
+/// Publishes `model` as a new generation (not yet promoted to current), with the publisher's
+/// `record` of it (stored as given; see [`Manifest::record`]).
 pub fn publish<D: Domain>(
     registry: &Registry,
     model: &Model<D>,
     parent: Option<u64>,
     training_steps: u64,
-    metrics: BTreeMap<String, f64>,
+    record: serde_json::Value,
     note: impl Into<String>,
 ) -> Result<Manifest, GenerationError> {
     let config = serde_json::to_value(model.config()).expect("ModelConfig serialises");
@@ -70,7 +70,7 @@ pub fn publish<D: Domain>(
             parent,
             config,
             training_steps,
-            metrics,
+            record,
             note: note.into(),
         },
         |path| model.save(path),

@@ -8,16 +8,16 @@
 //!   saves and loads safetensors.
 //! - [`answerer`]: [`ModelAnswerer`](answerer::ModelAnswerer), the model behind the
 //!   [`Answerer`](crate::answerer::Answerer) interface (one forward pass per batch).
-//! - [`train`]: imitation learning on (instance, question, target) examples.
+//! - [`distill`]: imitation learning on (instance, question, target) examples.
 //! - [`generation`]: publishing models to, and loading verified models from, the registry.
 //!
 //! CPU is the default; CUDA is used when libtorch has it and a GPU is present ([`pick_device`]).
 
 pub mod answerer;
 pub mod config;
+pub mod distill;
 pub mod generation;
 pub mod net;
-pub mod train;
 
 use std::path::Path;
 use std::sync::Arc;

@@ -5,6 +5,7 @@
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
+use super::record::read_records;
 use super::{RoundRecord, RunConfig, TrainError, RUN_FILE};
 use crate::registry::Registry;
 
@@ -28,11 +29,7 @@ impl RunSummary {
             message: format!("not a valid run file: {e}"),
         })?;
         let registry = Registry::open(dir.join("registry"))?;
-        let records = registry
-            .list()?
-            .iter()
-            .filter_map(RoundRecord::from_manifest)
-            .collect();
+        let records = read_records(&registry)?;
         Ok(Self {
             dir: dir.to_path_buf(),
             config,
@@ -74,11 +71,10 @@ fn pct(x: f64) -> String {
     }
 }
 
-fn signed_pct(x: f64) -> String {
-    if x.is_finite() {
-        format!("{:+.1}", 100.0 * x)
-    } else {
-        "-".to_string()
+fn signed_pct(x: Option<f64>) -> String {
+    match x {
+        Some(x) if x.is_finite() => format!("{:+.1}", 100.0 * x),
+        _ => "-".to_string(),
     }
 }
 
@@ -103,7 +99,7 @@ pub fn generation_table(run: &RunSummary) -> String {
             r.steps,
             pct(r.accuracy),
             pct(r.accuracy_target),
-            pct(r.amplified_target),
+            r.amplified_target.map_or_else(|| "-".to_string(), pct),
             signed_pct(r.gap),
             if r.promoted { "yes" } else { "no" },
             r.wall_seconds

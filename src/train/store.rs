@@ -4,7 +4,7 @@
 //!
 //! ```text
 //! targets/
-//!   MANIFEST.json                 the committed shards: {"format":1,"domain":"wildcard","shards":[
+//!   manifest.json                 the committed shards: {"format":1,"domain":"wildcard","shards":[
 //!                                   {"file":"r000003-p0001.parquet","round":3,"part":1,
 //!                                    "rows":256,"bytes":21873,"sha256":"…"}, …]}
 //!   r000003-p0001.parquet         the targets of round 3 (produced with generation X_3), part 1
@@ -46,8 +46,11 @@ use crate::fsutil;
 
 /// The manifest format this build writes and reads.
 pub const STORE_FORMAT: u32 = 1;
-/// File name of the manifest in the store directory.
-pub const MANIFEST_FILE: &str = "MANIFEST.json";
+/// File name of the manifest in the store directory (the same as a registry generation's).
+pub const MANIFEST_FILE: &str = "manifest.json";
+/// The manifest's name before it matched the registry's. A store that has only this one is
+/// refused rather than opened empty, which would delete its shards as uncommitted.
+const OLD_MANIFEST_FILE: &str = "MANIFEST.json";
 
 /// The Parquet schema of every shard. Column order is part of the format.
 pub const SCHEMA: &str = "message training_targets {
@@ -89,27 +92,28 @@ const COLUMNS: [&str; 16] = [
     "index",
 ];
 
-/// Where a target's answer came from.
+/// Where a stored target's answer came from, as its `source` column records it. (What produces
+/// targets is a [`TargetSource`](super::amplify::TargetSource).)
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum TargetSource {
+pub enum TargetOrigin {
     /// Amplify(H, X): the overseer's answer with the model answering its subquestions.
     Amplified,
     /// The ground truth: only the explicit supervised baseline writes these.
     Truth,
 }
 
-impl TargetSource {
+impl TargetOrigin {
     pub fn as_str(self) -> &'static str {
         match self {
-            TargetSource::Amplified => "amplified",
-            TargetSource::Truth => "truth",
+            TargetOrigin::Amplified => "amplified",
+            TargetOrigin::Truth => "truth",
         }
     }
 
     fn parse(s: &str) -> Option<Self> {
         match s {
-            "amplified" => Some(TargetSource::Amplified),
-            "truth" => Some(TargetSource::Truth),
+            "amplified" => Some(TargetOrigin::Amplified),
+            "truth" => Some(TargetOrigin::Truth),
             _ => None,
         }
     }
@@ -130,7 +134,8 @@ pub struct TargetRow {
     /// The target answer (never `?`: unknown amplified answers are not targets).
     pub answer: String,
     pub difficulty: u32,
-    pub source: TargetSource,
+    /// Stored in the `source` column as `amplified` or `truth`.
+    pub source: TargetOrigin,
     /// The generation that answered the subquestions (`None` for ground truth).
     pub answered_by_generation: Option<u64>,
     /// Who answered the subquestions, as the evaluator labels it ("model g3", "ground truth").
@@ -186,6 +191,11 @@ pub enum StoreError {
     },
     #[error("invalid target row: {0}")]
     InvalidRow(String),
+    #[error(
+        "{path} was written by an older build (its manifest is named {OLD_MANIFEST_FILE}); \
+         use another run directory"
+    )]
+    OldLayout { path: PathBuf },
 }
 
 fn io_err(path: &Path) -> impl FnOnce(io::Error) -> StoreError + '_ {
@@ -233,11 +243,16 @@ impl TargetStore {
                 }
                 m
             }
-            Err(e) if e.kind() == io::ErrorKind::NotFound => StoreManifest {
-                format: STORE_FORMAT,
-                domain: domain.to_string(),
-                shards: Vec::new(),
-            },
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                if dir.join(OLD_MANIFEST_FILE).is_file() {
+                    return Err(StoreError::OldLayout { path: dir });
+                }
+                StoreManifest {
+                    format: STORE_FORMAT,
+                    domain: domain.to_string(),
+                    shards: Vec::new(),
+                }
+            }
             Err(e) => return Err(io_err(&manifest_path)(e)),
         };
         for shard in &manifest.shards {
@@ -550,7 +565,7 @@ fn decode_shard(bytes: Bytes) -> Result<Vec<TargetRow>, String> {
             question: string(5)?,
             answer: string(6)?,
             difficulty: small(7)?,
-            source: TargetSource::parse(&source)
+            source: TargetOrigin::parse(&source)
                 .ok_or_else(|| format!("row {i}: unknown source {source:?}"))?,
             answered_by_generation,
             answerer: string(10)?,
@@ -580,9 +595,9 @@ mod tests {
             answer: "-1".into(),
             difficulty: 3,
             source: if answered_by.is_some() {
-                TargetSource::Amplified
+                TargetOrigin::Amplified
             } else {
-                TargetSource::Truth
+                TargetOrigin::Truth
             },
             answered_by_generation: answered_by,
             answerer: "model g2".into(),
@@ -639,6 +654,33 @@ mod tests {
             .unwrap()
             .to_string();
         assert!(err.contains("wildcard"), "{err}");
+    }
+
+    #[test]
+    fn a_store_with_the_old_manifest_name_is_refused_not_emptied() {
+        let dir = TestDir::new("store-old-layout");
+        let mut store = TargetStore::open(&dir.0, "wildcard").unwrap();
+        let info = store.commit(0, 0, &[row(0, 0, None)]).unwrap();
+        fs::rename(dir.0.join(MANIFEST_FILE), dir.0.join(OLD_MANIFEST_FILE)).unwrap();
+        if dir.0.join(MANIFEST_FILE).exists() {
+            return; // a case-insensitive file system: the two names are one file, which opens
+        }
+        let err = TargetStore::open(&dir.0, "wildcard").err().unwrap();
+        assert!(matches!(err, StoreError::OldLayout { .. }), "{err}");
+        assert!(dir.0.join(&info.file).exists(), "the shard was deleted");
+    }
+
+    #[test]
+    fn origins_keep_their_column_values() {
+        // Part of the shard format: readers outside this crate match on these strings.
+        for (origin, text) in [
+            (TargetOrigin::Amplified, "amplified"),
+            (TargetOrigin::Truth, "truth"),
+        ] {
+            assert_eq!(origin.as_str(), text);
+            assert_eq!(TargetOrigin::parse(text), Some(origin));
+        }
+        assert_eq!(TargetOrigin::parse("Amplified"), None);
     }
 
     #[test]

@@ -129,7 +129,7 @@ pub fn tiny_run<D: Domain>(domain: &D, size: usize, supervised: bool) -> hch::tr
         heldout: 128,
         gate_tolerance: 0.05,
         model: ModelConfig::preset(domain, Preset::Tiny),
-        train: hch::model::train::TrainConfig {
+        train: hch::model::distill::TrainConfig {
             learning_rate: 2e-3,
             batch_size: 32,
             grad_clip: 1.0,

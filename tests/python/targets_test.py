@@ -29,7 +29,7 @@ def main(hch):
              "--rounds", "2", "--run", str(run)],
             check=True, stdout=subprocess.DEVNULL,
         )
-        manifest = json.loads((run / "targets" / "MANIFEST.json").read_text())
+        manifest = json.loads((run / "targets" / "manifest.json").read_text())
         assert manifest["domain"] == "wildcard"
         assert len(manifest["shards"]) == 6, manifest
         total = 0

@@ -1,0 +1,307 @@
+//! The loop's decisions, as pure functions of what a round measured: whether the student is
+//! promoted ([`promote`]), what the curriculum asks of the next round ([`first_stage`],
+//! [`next_stage`]), which held-out questions a stage is judged on ([`stage`]), and when the run
+//! stops ([`stop`]).
+//!
+//! Nothing here reads a file, a model or a clock, so each rule is tested on its own, branch by
+//! branch, instead of only through rounds of real training.
+
+use super::{RoundRecord, StopAt};
+use crate::domain::Domain;
+use crate::model::distill::Example;
+
+/// What the curriculum asks of a round: the instance size of its root questions and, under the
+/// difficulty curriculum, the most difficult of them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Stage {
+    pub size: usize,
+    pub max_difficulty: Option<u32>,
+}
+
+/// The curriculum's settings (from the run's settings).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Curriculum {
+    pub start_size: usize,
+    pub target_size: usize,
+    pub size_step: usize,
+    /// The promoted generation's accuracy at a stage that moves the curriculum on.
+    pub advance_at: f64,
+    /// Whether to raise the questions' difficulty one level at a time within each size.
+    pub difficulty_curriculum: bool,
+}
+
+/// The gate: a student is promoted unless its accuracy at the round's stage falls more than
+/// `tolerance` below that of X_n (the promoted generation that amplified its targets), so one
+/// unlucky round cannot replace a better X with a worse one, and a tie keeps the newer model.
+pub fn promote(accuracy: f64, reference: f64, tolerance: f64) -> bool {
+    accuracy + tolerance >= reference
+}
+
+/// The first round's stage: the start size and, under the difficulty curriculum, the easiest
+/// held-out difficulty at that size (`easiest`; 0 if there is none), because H's answers to a
+/// level are right only once X is right one level below.
+pub fn first_stage(curriculum: &Curriculum, easiest: Option<u32>) -> Stage {
+    Stage {
+        size: curriculum.start_size,
+        max_difficulty: curriculum
+            .difficulty_curriculum
+            .then(|| easiest.unwrap_or(0)),
+    }
+}
+
+/// The stage after a round at `stage`. The curriculum moves on only when the student was
+/// promoted and its `accuracy` at the stage reached the threshold; then the difficulty cap rises
+/// by one until it reaches `hardest` (the hardest held-out difficulty at this size), and after that
+/// the size grows by the step, up to the target size. The cap is kept when the size grows.
+pub fn next_stage(
+    curriculum: &Curriculum,
+    stage: Stage,
+    promoted: bool,
+    accuracy: f64,
+    hardest: u32,
+) -> Stage {
+    if !(promoted && accuracy >= curriculum.advance_at) {
+        return stage;
+    }
+    match stage.max_difficulty {
+        Some(cap) if cap < hardest => Stage {
+            max_difficulty: Some(cap + 1),
+            ..stage
+        },
+        _ => Stage {
+            size: (stage.size + curriculum.size_step).min(curriculum.target_size),
+            ..stage
+        },
+    }
+}
+
+/// The held-out examples a stage is judged on: those at most `max_difficulty` difficult; all of
+/// them without a cap, or if none is that easy (a stage is never judged on nothing).
+pub fn stage<D: Domain>(examples: &[Example<D>], max_difficulty: Option<u32>) -> Vec<Example<D>> {
+    let within: Vec<Example<D>> = examples
+        .iter()
+        .filter(|e| max_difficulty.map_or(true, |c| e.difficulty <= c))
+        .cloned()
+        .collect();
+    if within.is_empty() {
+        examples.to_vec()
+    } else {
+        within
+    }
+}
+
+/// Whether the run is done, given the newest generation's record and the promoted generation
+/// (`current`). Each limit counts the whole run, so a resumed run stops where it would have:
+/// - rounds: round n publishes generation n+1, so the newest generation's number is the number
+///   of rounds done;
+/// - accuracy: the newest generation is the promoted one and reached it at the target size (a
+///   rejected student's accuracy does not count, however high);
+/// - wall time spent in rounds.
+pub fn stop(at: &StopAt, newest: &RoundRecord, current: Option<u64>) -> bool {
+    at.rounds.is_some_and(|r| newest.generation >= r)
+        || at.accuracy.is_some_and(|a| {
+            newest.promoted && current == Some(newest.generation) && newest.accuracy_target >= a
+        })
+        || at
+            .wall
+            .is_some_and(|w| newest.wall_seconds >= w.as_secs_f64())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+    use std::time::Duration;
+
+    use super::*;
+    use crate::domain::permutation::Permutation;
+    use crate::domain::Instance;
+
+    const CURRICULUM: Curriculum = Curriculum {
+        start_size: 4,
+        target_size: 8,
+        size_step: 3,
+        advance_at: 0.9,
+        difficulty_curriculum: true,
+    };
+
+    fn at(size: usize, max_difficulty: Option<u32>) -> Stage {
+        Stage {
+            size,
+            max_difficulty,
+        }
+    }
+
+    #[test]
+    fn the_gate_allows_a_regression_up_to_the_tolerance() {
+        assert!(promote(0.80, 0.70, 0.0), "better");
+        assert!(promote(0.70, 0.70, 0.0), "a tie promotes");
+        assert!(!promote(0.69, 0.70, 0.0), "worse, no tolerance");
+        assert!(promote(0.69, 0.70, 0.02), "worse within the tolerance");
+        assert!(promote(0.68, 0.70, 0.02 + 1e-9), "at the tolerance");
+        assert!(!promote(0.67, 0.70, 0.02), "worse beyond the tolerance");
+    }
+
+    #[test]
+    fn the_first_stage_is_the_start_size_at_the_easiest_difficulty() {
+        assert_eq!(first_stage(&CURRICULUM, Some(2)), at(4, Some(2)));
+        assert_eq!(first_stage(&CURRICULUM, None), at(4, Some(0)));
+        let sizes_only = Curriculum {
+            difficulty_curriculum: false,
+            ..CURRICULUM
+        };
+        assert_eq!(first_stage(&sizes_only, Some(2)), at(4, None));
+    }
+
+    #[test]
+    fn the_curriculum_stays_unless_promoted_and_past_the_threshold() {
+        let here = at(4, Some(1));
+        assert_eq!(next_stage(&CURRICULUM, here, false, 1.0, 5), here);
+        assert_eq!(next_stage(&CURRICULUM, here, true, 0.89, 5), here);
+        assert_ne!(next_stage(&CURRICULUM, here, true, 0.9, 5), here);
+    }
+
+    #[test]
+    fn the_difficulty_rises_one_level_until_the_hardest() {
+        assert_eq!(
+            next_stage(&CURRICULUM, at(4, Some(1)), true, 0.95, 3),
+            at(4, Some(2))
+        );
+        assert_eq!(
+            next_stage(&CURRICULUM, at(4, Some(2)), true, 0.95, 3),
+            at(4, Some(3))
+        );
+    }
+
+    #[test]
+    fn at_the_hardest_difficulty_the_size_grows_keeping_the_cap() {
+        assert_eq!(
+            next_stage(&CURRICULUM, at(4, Some(3)), true, 0.95, 3),
+            at(7, Some(3))
+        );
+        // A cap above the hardest (held-out questions at a new size) counts as the hardest.
+        assert_eq!(
+            next_stage(&CURRICULUM, at(4, Some(5)), true, 0.95, 3),
+            at(7, Some(5))
+        );
+    }
+
+    #[test]
+    fn without_a_difficulty_cap_the_size_grows_up_to_the_target() {
+        assert_eq!(
+            next_stage(&CURRICULUM, at(4, None), true, 0.95, 3),
+            at(7, None)
+        );
+        assert_eq!(
+            next_stage(&CURRICULUM, at(7, None), true, 0.95, 3),
+            at(8, None)
+        );
+        assert_eq!(
+            next_stage(&CURRICULUM, at(8, None), true, 1.0, 3),
+            at(8, None)
+        );
+    }
+
+    fn examples(difficulties: &[u32]) -> Vec<Example<Permutation>> {
+        let d = Permutation;
+        let instance = Instance::generate(&d, 4, 7).unwrap();
+        let mut rng = crate::rng::Rng::new(1);
+        difficulties
+            .iter()
+            .map(|&difficulty| {
+                let question = d.sample_question(instance.facts(), &mut rng);
+                let target = d.truth(instance.facts(), &question);
+                Example {
+                    instance: instance.clone(),
+                    question,
+                    target,
+                    difficulty,
+                }
+            })
+            .collect()
+    }
+
+    fn difficulties(examples: &[Example<Permutation>]) -> Vec<u32> {
+        examples.iter().map(|e| e.difficulty).collect()
+    }
+
+    #[test]
+    fn a_stage_is_judged_on_the_questions_within_its_cap() {
+        let all = examples(&[3, 1, 2, 1, 4]);
+        assert_eq!(difficulties(&stage(&all, Some(2))), [1, 2, 1]);
+        assert_eq!(difficulties(&stage(&all, Some(1))), [1, 1]);
+        assert_eq!(difficulties(&stage(&all, None)), [3, 1, 2, 1, 4]);
+        // None is that easy: judged on all of them rather than on nothing.
+        assert_eq!(difficulties(&stage(&all, Some(0))), [3, 1, 2, 1, 4]);
+    }
+
+    fn newest(generation: u64, promoted: bool, accuracy_target: f64) -> RoundRecord {
+        RoundRecord {
+            generation,
+            round: generation.checked_sub(1),
+            amplified_by: None,
+            size: 6,
+            next_size: 6,
+            max_difficulty: None,
+            next_max_difficulty: None,
+            targets: 0,
+            unknown: 0,
+            targets_total: 0,
+            steps: 0,
+            loss: None,
+            accuracy: accuracy_target,
+            accuracy_target,
+            amplified_target: None,
+            gap: None,
+            by_difficulty: BTreeMap::new(),
+            promoted,
+            wall_seconds: 100.0,
+            truth_calls_in_targets: 0,
+        }
+    }
+
+    #[test]
+    fn no_limit_never_stops() {
+        assert!(!stop(&StopAt::default(), &newest(50, true, 1.0), Some(50)));
+    }
+
+    #[test]
+    fn the_round_limit_counts_the_rounds_of_the_whole_run() {
+        let rounds = StopAt {
+            rounds: Some(3),
+            ..StopAt::default()
+        };
+        assert!(!stop(&rounds, &newest(0, true, 0.0), Some(0)));
+        assert!(!stop(&rounds, &newest(2, false, 0.0), Some(1)));
+        assert!(stop(&rounds, &newest(3, false, 0.0), Some(1)));
+        assert!(stop(&rounds, &newest(4, true, 0.0), Some(4)));
+    }
+
+    #[test]
+    fn the_accuracy_limit_counts_only_the_promoted_generation() {
+        let accuracy = StopAt {
+            accuracy: Some(0.95),
+            ..StopAt::default()
+        };
+        assert!(stop(&accuracy, &newest(5, true, 0.95), Some(5)));
+        assert!(!stop(&accuracy, &newest(5, true, 0.94), Some(5)));
+        assert!(
+            !stop(&accuracy, &newest(5, false, 0.99), Some(4)),
+            "rejected by the gate"
+        );
+        assert!(
+            !stop(&accuracy, &newest(5, true, 0.99), Some(4)),
+            "published but not yet promoted"
+        );
+    }
+
+    #[test]
+    fn the_wall_limit_counts_the_time_spent_in_rounds() {
+        let wall = |seconds| StopAt {
+            wall: Some(Duration::from_secs(seconds)),
+            ..StopAt::default()
+        };
+        // The record has spent 100 s.
+        assert!(stop(&wall(100), &newest(2, false, 0.0), Some(1)));
+        assert!(!stop(&wall(101), &newest(2, false, 0.0), Some(1)));
+    }
+}
