@@ -39,6 +39,9 @@
 //! Whether a generation fits the model being built (domain, architecture) is the model module's
 //! decision: this module only exposes the manifest.
 
+mod error;
+mod manifest;
+
 use std::fmt;
 use std::fs;
 use std::io;
@@ -46,9 +49,12 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use serde::{Deserialize, Serialize};
-
 use crate::fsutil;
+
+pub use error::RegistryError;
+use error::{describe_generations, io_err};
+use manifest::{generation_dir_name, parse_generation_dir_name, parse_manifest, CurrentPointer};
+pub use manifest::{LoadedGeneration, Manifest, NewGeneration};
 
 /// The manifest format this build writes and reads.
 pub const MANIFEST_FORMAT: u32 = 2;
@@ -65,179 +71,6 @@ const STAGING_PREFIX: &str = ".staging-";
 
 /// Makes staging directory names unique within a process.
 static STAGING_COUNTER: AtomicU64 = AtomicU64::new(0);
-
-/// The record of one generation, stored as `manifest.json` next to its weights.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Manifest {
-    /// Always [`MANIFEST_FORMAT`] for manifests this build reads.
-    pub format: u32,
-    /// The task family the model was trained on (checked by the model module).
-    pub domain: String,
-    /// This generation's number; equals the number in its directory name.
-    pub generation: u64,
-    /// The generation it was trained from, if any.
-    pub parent: Option<u64>,
-    /// The model's architecture config; its schema belongs to the model module.
-    pub config: serde_json::Value,
-    /// File name of the weights inside the generation directory (a plain name, no path).
-    pub weights_file: String,
-    /// SHA-256 of the weights file, lowercase hex.
-    pub weights_sha256: String,
-    /// Size of the weights file in bytes.
-    pub weights_bytes: u64,
-    /// Optimiser steps behind this generation.
-    pub training_steps: u64,
-    /// What the publisher recorded about this generation (for a training run, its round's record:
-    /// evaluation, curriculum stage, gate); its schema belongs to the publisher (the train module).
-    pub record: serde_json::Value,
-    /// When it was published, milliseconds since the Unix epoch.
-    pub created_unix_ms: u64,
-    /// Free text for humans.
-    pub note: String,
-}
-
-/// What the caller supplies to [`Registry::publish`]; the registry fills in the rest of the
-/// [`Manifest`] (number, weights hash and size, timestamp).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct NewGeneration {
-    pub domain: String,
-    pub parent: Option<u64>,
-    pub config: serde_json::Value,
-    pub training_steps: u64,
-    pub record: serde_json::Value,
-    pub note: String,
-}
-
-/// A verified generation: its manifest, and the weights file whose hash and size matched it.
-#[derive(Debug, Clone, PartialEq)]
-pub struct LoadedGeneration {
-    pub manifest: Manifest,
-    pub weights_path: PathBuf,
-}
-
-/// The content of `CURRENT`. The manifest hash ties the pointer to the exact generation that
-/// was verified when it was promoted.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct CurrentPointer {
-    generation: u64,
-    manifest_sha256: String,
-}
-
-/// Everything that can go wrong with a registry. Each message names the file involved and what
-/// did not match, so that it can be acted on without a debugger.
-#[derive(Debug, thiserror::Error)]
-pub enum RegistryError {
-    #[error("I/O error on {}: {source}", .path.display())]
-    Io { path: PathBuf, source: io::Error },
-
-    #[error("manifest {} is not valid: {reason}", .path.display())]
-    ManifestInvalid { path: PathBuf, reason: String },
-
-    #[error(
-        "unsupported manifest format {found} in {}; this build reads format {MANIFEST_FORMAT}",
-        .path.display()
-    )]
-    UnsupportedFormat { path: PathBuf, found: u64 },
-
-    #[error(
-        "manifest {} records generation {recorded}, but its directory is generation {directory}",
-        .path.display()
-    )]
-    GenerationMismatch {
-        path: PathBuf,
-        recorded: u64,
-        directory: u64,
-    },
-
-    #[error(
-        "weights file {} is corrupted: sha256 is {actual} but {MANIFEST_FILE} records {recorded}",
-        .path.display()
-    )]
-    WeightsCorrupted {
-        path: PathBuf,
-        actual: String,
-        recorded: String,
-    },
-
-    #[error(
-        "weights file {} is {}: {actual} bytes, manifest records {recorded}",
-        .path.display(),
-        size_problem(*.actual, *.recorded)
-    )]
-    WeightsSize {
-        path: PathBuf,
-        actual: u64,
-        recorded: u64,
-    },
-
-    #[error(
-        "generation {generation} does not exist in registry {} ({})",
-        .root.display(),
-        describe_generations(.existing)
-    )]
-    NoSuchGeneration {
-        generation: u64,
-        root: PathBuf,
-        existing: Vec<u64>,
-    },
-
-    #[error("CURRENT file {} is corrupted: {reason}", .path.display())]
-    CurrentCorrupted { path: PathBuf, reason: String },
-
-    #[error("writing weights file {} failed: {reason}", .path.display())]
-    WeightsWriter { path: PathBuf, reason: String },
-
-    #[error("cannot publish to registry {}: {reason}", .root.display())]
-    InvalidNewGeneration { root: PathBuf, reason: String },
-}
-
-fn size_problem(actual: u64, recorded: u64) -> &'static str {
-    if actual < recorded {
-        "truncated"
-    } else {
-        "longer than recorded"
-    }
-}
-
-fn describe_generations(existing: &[u64]) -> String {
-    if existing.is_empty() {
-        "it has no generations".to_string()
-    } else {
-        let list: Vec<String> = existing.iter().map(u64::to_string).collect();
-        format!("generations: {}", list.join(", "))
-    }
-}
-
-fn io_err(path: &Path) -> impl FnOnce(io::Error) -> RegistryError + '_ {
-    move |source| RegistryError::Io {
-        path: path.to_path_buf(),
-        source,
-    }
-}
-
-/// The directory name of a generation: `g` and at least six digits.
-fn generation_dir_name(generation: u64) -> String {
-    format!("g{generation:06}")
-}
-
-/// The generation a directory name denotes, if it is one written by [`generation_dir_name`].
-/// Non-canonical spellings (`g3`, `g0000003`) are not generations, so no number has two
-/// directories.
-fn parse_generation_dir_name(name: &str) -> Option<u64> {
-    let digits = name.strip_prefix('g')?;
-    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
-        return None;
-    }
-    let n: u64 = digits.parse().ok()?;
-    (generation_dir_name(n) == name).then_some(n)
-}
-
-fn is_lower_hex_sha256(s: &str) -> bool {
-    s.len() == 64 && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
-}
 
 /// Whether a leftover named with process id `pid` may still be in use by that process. Our own
 /// process counts as alive (another `Registry` in this process may be publishing). Liveness is
@@ -662,59 +495,6 @@ impl Registry {
             }
         }
     }
-}
-
-/// Parses and validates a manifest read from `path` in the directory of `directory_generation`.
-/// The format number is checked before the other fields, so that a manifest from a newer build
-/// is reported as such rather than as an unknown field.
-fn parse_manifest(
-    path: &Path,
-    bytes: &[u8],
-    directory_generation: u64,
-) -> Result<Manifest, RegistryError> {
-    let invalid = |reason: String| RegistryError::ManifestInvalid {
-        path: path.to_path_buf(),
-        reason,
-    };
-    let value: serde_json::Value =
-        serde_json::from_slice(bytes).map_err(|e| invalid(e.to_string()))?;
-    let format = value
-        .get("format")
-        .ok_or_else(|| invalid("missing field `format`".into()))?
-        .as_u64()
-        .ok_or_else(|| invalid("field `format` is not a non-negative integer".into()))?;
-    if format != u64::from(MANIFEST_FORMAT) {
-        return Err(RegistryError::UnsupportedFormat {
-            path: path.to_path_buf(),
-            found: format,
-        });
-    }
-    let manifest: Manifest = serde_json::from_value(value).map_err(|e| invalid(e.to_string()))?;
-    if manifest.generation != directory_generation {
-        return Err(RegistryError::GenerationMismatch {
-            path: path.to_path_buf(),
-            recorded: manifest.generation,
-            directory: directory_generation,
-        });
-    }
-    let wf = &manifest.weights_file;
-    if wf.is_empty()
-        || wf == "."
-        || wf == ".."
-        || wf.contains(['/', '\\'])
-        || Path::new(wf).is_absolute()
-    {
-        return Err(invalid(format!(
-            "weights_file {wf:?} must be a plain file name inside the generation directory"
-        )));
-    }
-    if !is_lower_hex_sha256(&manifest.weights_sha256) {
-        return Err(invalid(format!(
-            "weights_sha256 {:?} is not 64 lowercase hex digits",
-            manifest.weights_sha256
-        )));
-    }
-    Ok(manifest)
 }
 
 #[cfg(test)]
