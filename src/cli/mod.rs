@@ -1,6 +1,8 @@
 //! The `hch` command line. Each subcommand is a thin layer over the library: it parses flags,
 //! builds the pieces, and prints. Errors surface as `anyhow` messages at this edge only.
 
+#[cfg(feature = "model")]
+mod demo;
 mod loadtest;
 mod remote;
 mod serve;
@@ -8,7 +10,9 @@ mod serve;
 mod train;
 
 #[cfg(feature = "model")]
-use train::{DemoArgs, ReportArgs, TrainArgs};
+use demo::DemoArgs;
+#[cfg(feature = "model")]
+use train::{ReportArgs, TrainArgs};
 #[cfg(not(feature = "model"))]
 type TrainArgs = NeedsModel;
 #[cfg(not(feature = "model"))]
@@ -202,7 +206,7 @@ pub fn main() -> Result<()> {
             #[cfg(feature = "model")]
             Command::Report(args) => train::report(args).await,
             #[cfg(feature = "model")]
-            Command::Demo(args) => train::demo(args).await,
+            Command::Demo(args) => demo::demo(args).await,
             #[cfg(not(feature = "model"))]
             Command::Train(_) => Err(needs_model("hch train")),
             #[cfg(not(feature = "model"))]

@@ -6,6 +6,10 @@
 //! answers as tokens for models, holds the overseer H ([`Domain::oversee`]), and knows the ground
 //! truth ([`Domain::truth`], for evaluation and the oracle only).
 //!
+//! Each domain is one file that reads top to bottom: facts, questions, H, syntax, tokens, truth.
+//! `union_find.rs` is the longest (about 630 lines before its tests, its H having the most cases
+//! to check X's guesses); it is kept whole for that reason.
+//!
 //! Everything downstream (the evaluator, answerers, the CLI) is generic over `D: Domain`, so a tree
 //! evaluation compiles to direct calls without dynamic dispatch on the hot path. Code that learns the
 //! domain only at run time (a CLI flag, a gRPC request) picks the type with [`with_domain!`].
