@@ -117,6 +117,37 @@ pub fn sync_file(path: &Path) -> io::Result<()> {
     file.sync_all()
 }
 
+/// Reads a small file whole: it must be a regular file (not a FIFO, which would block the reader
+/// until someone writes to it, nor a device or a directory) of at most `max_bytes`. For the
+/// pointers and manifests a server reads on a timer, so that a file swapped for something else
+/// is an error, not a hang or an unbounded read.
+pub fn read_small(path: &Path, max_bytes: u64) -> io::Result<Vec<u8>> {
+    let meta = fs::metadata(path)?;
+    if !meta.is_file() {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("not a regular file ({:?})", meta.file_type()),
+        ));
+    }
+    if meta.len() > max_bytes {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("{} bytes, more than the {max_bytes} expected", meta.len()),
+        ));
+    }
+    let mut bytes = Vec::with_capacity(meta.len() as usize);
+    File::open(path)?
+        .take(max_bytes + 1)
+        .read_to_end(&mut bytes)?;
+    if bytes.len() as u64 > max_bytes {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("grew past the {max_bytes} bytes expected while being read"),
+        ));
+    }
+    Ok(bytes)
+}
+
 /// The SHA-256 of a file's content (lowercase hex) and its length in bytes, read in 64 KiB
 /// chunks so that files of any size (model weights) hash in constant memory.
 pub fn sha256_file(path: &Path) -> io::Result<(String, u64)> {

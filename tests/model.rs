@@ -297,4 +297,82 @@ mod generations {
         assert!(shown.contains("answer_classes is 130"), "{shown}");
         std::fs::remove_dir_all(dir).unwrap();
     }
+
+    /// Weights whose hashes match their manifest but whose values are not finite (a diverged run)
+    /// are refused like corrupted ones; the generation before them still loads.
+    #[test]
+    fn weights_that_are_not_finite_are_refused() {
+        let (dir, registry, model, good) = published();
+        let domain = *model.domain();
+        let broken = model.duplicate().unwrap();
+        tch::no_grad(|| {
+            let mut vars = broken.var_store().variables();
+            let (_, first) = vars.iter_mut().next().unwrap();
+            let _ = first.fill_(f64::NAN);
+        });
+        let m = generation::publish(
+            &registry,
+            &broken,
+            Some(good),
+            6,
+            serde_json::json!({}),
+            "nan",
+        )
+        .unwrap();
+        let err = generation::load(&registry, Some(m.generation), domain, Device::Cpu)
+            .err()
+            .unwrap();
+        let shown = err.to_string();
+        assert!(
+            shown.contains("not finite") && shown.contains(WEIGHTS_FILE),
+            "{shown}"
+        );
+        assert!(generation::load(&registry, Some(good), domain, Device::Cpu).is_ok());
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    /// A manifest describing an architecture far beyond any machine is refused before anything
+    /// is allocated, naming the parameter count.
+    #[test]
+    fn an_architecture_too_large_to_hold_is_refused() {
+        let (dir, registry, _model, g) = published();
+        let manifest_path = registry.generation_dir(g).join(MANIFEST_FILE);
+        let text = std::fs::read_to_string(&manifest_path).unwrap();
+        let edited = text
+            .replace("\"d_model\": 64", "\"d_model\": 4096")
+            .replace("\"ff_mult\": 2", "\"ff_mult\": 16");
+        assert_ne!(
+            text, edited,
+            "the manifest should record d_model and ff_mult"
+        );
+        std::fs::write(&manifest_path, edited).unwrap();
+        let err = generation::load(
+            &registry,
+            Some(g),
+            hch::domain::wildcard::Wildcard,
+            Device::Cpu,
+        )
+        .err()
+        .unwrap();
+        let shown = err.to_string();
+        assert!(shown.contains("parameters, more than"), "{shown}");
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    /// A FIFO in place of CURRENT (or of a manifest) is an error at once, not a reader blocked
+    /// until someone writes to it: a worker's hot reload keeps going.
+    #[test]
+    fn a_fifo_in_place_of_current_is_an_error_not_a_hang() {
+        let (dir, registry, _model, _g) = published();
+        let current = registry.root().join(hch::registry::CURRENT_FILE);
+        std::fs::remove_file(&current).unwrap();
+        let made = std::process::Command::new("mkfifo")
+            .arg(&current)
+            .status()
+            .unwrap();
+        assert!(made.success());
+        let err = registry.current().err().unwrap().to_string();
+        assert!(err.contains("not a regular file"), "{err}");
+        std::fs::remove_dir_all(dir).unwrap();
+    }
 }

@@ -260,8 +260,8 @@ impl CoordinatorService {
                 self.config.max_trees
             ))
         })?;
-        let n = self.trees_total.fetch_add(1, Ordering::Relaxed);
-        let tree_id = format!("t{n}-{:08x}", rand_suffix(n));
+        self.trees_total.fetch_add(1, Ordering::Relaxed);
+        let tree_id = fresh_tree_id()?;
         let (kind, want_trace) = (query.domain, query.want_trace);
         // The client's trace continues here if it sent one; otherwise the tree starts a trace.
         let trace_id = parent.map_or_else(telemetry::fresh_id, |(t, _)| t);
@@ -323,12 +323,14 @@ impl CoordinatorService {
     }
 }
 
-fn rand_suffix(n: u64) -> u32 {
-    let t = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_nanos() as u64)
-        .unwrap_or(0);
-    ((t ^ n.wrapping_mul(0x9E37_79B9_7F4A_7C15)) >> 16) as u32
+/// A tree id: 128 bits from the operating system's random source, so that no client can find
+/// another's trees (and read their traces) from its own ids.
+fn fresh_tree_id() -> Result<String, ServiceError> {
+    let mut bytes = [0u8; 16];
+    getrandom::fill(&mut bytes).map_err(|e| {
+        ServiceError::Internal(format!("no randomness for a tree id from the system: {e}"))
+    })?;
+    Ok(format!("t{}", hex::encode(bytes)))
 }
 
 type EventStream = Pin<Box<dyn Stream<Item = Result<pb::TreeEvent, Status>> + Send>>;

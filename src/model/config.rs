@@ -9,6 +9,10 @@ use crate::domain::{Domain, DomainKind};
 /// a typo cannot ask for terabytes.
 pub const MAX_WIDTH: i64 = 4096;
 pub const MAX_LAYERS: i64 = 48;
+/// Most parameters a configuration may have (4 GiB of f32 weights): the bounds on width, layers
+/// and feed-forward size each allow far more together (a generation's manifest can otherwise
+/// describe a model of hundreds of gigabytes, which a worker would try to allocate).
+pub const MAX_PARAMETERS: f64 = (1u64 << 30) as f64;
 
 /// The architecture of one model. The domain-derived fields (vocabulary, widths, classes) are
 /// recorded so that a generation can be checked against the domain it is loaded for.
@@ -82,6 +86,21 @@ impl ModelConfig {
         }
     }
 
+    /// About how many parameters the architecture has (attention and feed-forward weights of
+    /// every layer, embeddings and the output), computed in floating point so that no
+    /// configuration overflows it.
+    pub fn estimated_parameters(&self) -> f64 {
+        let d = self.d_model.max(0) as f64;
+        let ff = 2.0 * self.ff_mult.max(0) as f64 * d * d;
+        let fact_layer = 4.0 * d * d + ff;
+        let question_layer = 8.0 * d * d + ff;
+        let embeddings = (self.vocab_size.max(0) + self.fact_width.max(0)) as f64 * d;
+        fact_layer * self.fact_layers.max(0) as f64
+            + question_layer * self.question_layers.max(0) as f64
+            + embeddings
+            + d * self.answer_classes.max(0) as f64
+    }
+
     /// Checks the configuration is sane and fits `D`; the message names every mismatch.
     pub fn check_for<D: Domain>(&self, domain: &D) -> Result<(), String> {
         let mut problems = Vec::new();
@@ -133,6 +152,13 @@ impl ModelConfig {
         }
         if !(1..=16).contains(&self.ff_mult) {
             problems.push(format!("ff_mult {} is not in 1..=16", self.ff_mult));
+        }
+        let parameters = self.estimated_parameters();
+        if parameters > MAX_PARAMETERS {
+            problems.push(format!(
+                "the architecture has about {:.1e} parameters, more than the {:.1e} allowed",
+                parameters, MAX_PARAMETERS
+            ));
         }
         if !(0.0..=1.0).contains(&self.unknown_below) {
             problems.push(format!(

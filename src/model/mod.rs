@@ -126,6 +126,14 @@ impl<D: Domain> Model<D> {
                 }
                 Some(_) => {}
             }
+            // Hash-consistent weights can still be NaN or infinite (a diverged training run):
+            // served, they would give confident nonsense.
+            if tensor.isfinite().all().int64_value(&[]) == 0 {
+                return Err(ModelError::Weights {
+                    path,
+                    message: format!("tensor {name:?} holds values that are not finite"),
+                });
+            }
         }
         model.vs.load(weights)?;
         Ok(model)

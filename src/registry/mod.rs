@@ -69,6 +69,10 @@ pub const GENERATIONS_DIR: &str = "generations";
 /// Prefix of staging directories inside [`GENERATIONS_DIR`]; the rest is `{pid}-{n}-{t}`.
 const STAGING_PREFIX: &str = ".staging-";
 
+/// The largest `CURRENT` or manifest read (both are well under a kilobyte, a manifest's record a
+/// few kilobytes): anything bigger is not ours.
+const MAX_SMALL_FILE_BYTES: u64 = 1 << 20;
+
 /// Makes staging directory names unique within a process.
 static STAGING_COUNTER: AtomicU64 = AtomicU64::new(0);
 
@@ -223,7 +227,7 @@ impl Registry {
             return Err(self.no_such_generation(generation));
         }
         let path = dir.join(MANIFEST_FILE);
-        let bytes = fs::read(&path).map_err(io_err(&path))?;
+        let bytes = fsutil::read_small(&path, MAX_SMALL_FILE_BYTES).map_err(io_err(&path))?;
         let manifest = parse_manifest(&path, &bytes, generation)?;
         Ok((manifest, bytes))
     }
@@ -298,7 +302,7 @@ impl Registry {
     /// [`RegistryError::CurrentCorrupted`] naming the file. The weights are not hashed here.
     pub fn current(&self) -> Result<Option<u64>, RegistryError> {
         let path = self.current_path();
-        let bytes = match fs::read(&path) {
+        let bytes = match fsutil::read_small(&path, MAX_SMALL_FILE_BYTES) {
             Ok(b) => b,
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
             Err(e) => return Err(io_err(&path)(e)),
@@ -321,7 +325,8 @@ impl Registry {
                 describe_generations(&existing)
             )));
         }
-        let manifest_bytes = fs::read(&manifest_path).map_err(io_err(&manifest_path))?;
+        let manifest_bytes = fsutil::read_small(&manifest_path, MAX_SMALL_FILE_BYTES)
+            .map_err(io_err(&manifest_path))?;
         let actual = fsutil::sha256_bytes(&manifest_bytes);
         if actual != pointer.manifest_sha256 {
             return Err(corrupted(format!(

@@ -79,10 +79,26 @@ impl ServiceError {
     }
 }
 
+/// Longest message a status carries: error messages quote input (a name, a line of facts), and a
+/// status travels in HTTP/2 headers, which clients cap (a 20 000-character domain name used to
+/// overflow them). Longer messages are cut at a character boundary and marked.
+pub const MAX_STATUS_MESSAGE_BYTES: usize = 1024;
+
 impl From<ServiceError> for Status {
     fn from(e: ServiceError) -> Status {
-        Status::new(e.code(), e.message().to_string())
+        Status::new(e.code(), truncate_message(e.message()))
     }
+}
+
+fn truncate_message(message: &str) -> String {
+    if message.len() <= MAX_STATUS_MESSAGE_BYTES {
+        return message.to_string();
+    }
+    let mut end = MAX_STATUS_MESSAGE_BYTES;
+    while !message.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}… ({} bytes in all)", &message[..end], message.len())
 }
 
 impl From<Status> for ServiceError {
@@ -189,6 +205,19 @@ mod tests {
             let status: Status = ServiceError::from(a.clone()).into();
             assert_eq!(AnswerError::from(ServiceError::from(status)), a);
         }
+    }
+
+    #[test]
+    fn long_messages_are_cut_at_a_character_boundary() {
+        let long = format!("unknown domain {:?}", "é".repeat(20_000));
+        let status: Status = ServiceError::invalid(long.clone()).into();
+        assert!(status.message().len() < MAX_STATUS_MESSAGE_BYTES + 64);
+        assert!(status
+            .message()
+            .ends_with(&format!("({} bytes in all)", long.len())));
+        assert!(long.starts_with(status.message().split('…').next().unwrap()));
+        let short: Status = ServiceError::invalid("bad").into();
+        assert_eq!(short.message(), "bad");
     }
 
     #[test]
