@@ -247,6 +247,61 @@ async fn a_client_that_cancels_stops_the_work_on_the_workers() {
     cluster.stop().await;
 }
 
+/// A client that stops reading its AskStream is cut off once the stream's buffer has stayed full
+/// for the configured stall: its tree is stopped (its slot freed) and the stream ends, after the
+/// events it holds, with RESOURCE_EXHAUSTED instead of buffering the rest of the tree.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_stops_reading_its_stream_is_cut_off() {
+    let config = CoordinatorConfig {
+        stream_buffer: 4,
+        stream_stall: Duration::from_millis(200),
+        ..CoordinatorConfig::default()
+    };
+    let cluster = cluster(2, Duration::ZERO, WorkerConfig::default(), config).await;
+    let mut client = client(&cluster).await;
+    // About 47 000 trace nodes, 94 000 events (4 MB): more than HTTP/2's flow-control windows
+    // (hyper's client: 2 MB a stream) let through to a client that does not read.
+    let mut request = ask(
+        DomainKind::ShortestPath,
+        String::new(),
+        "dist 0 63".into(),
+        "hch:256",
+    );
+    request.instance = Some(pb::ask_request::Instance::Generated(
+        pb::GeneratedInstance { size: 64, seed: 1 },
+    ));
+    let mut stream = client
+        .clone()
+        .ask_stream(request)
+        .await
+        .unwrap()
+        .into_inner();
+    // Nothing is read until the coordinator has let go of the tree (bounded wait).
+    let status = wait_until(&mut client, |s| {
+        s.trees_total == 1 && s.trees_in_flight == 0
+    })
+    .await;
+    assert_eq!(status.trees_in_flight, 0);
+    let mut events = 0;
+    let end = loop {
+        match stream.message().await {
+            Ok(Some(event)) => {
+                assert!(
+                    !matches!(event.event, Some(pb::tree_event::Event::Done(_))),
+                    "the tree finished although its client did not read"
+                );
+                events += 1;
+            }
+            Ok(None) => panic!("the stream ended without saying why, after {events} events"),
+            Err(status) => break status,
+        }
+    };
+    assert_eq!(end.code(), Code::ResourceExhausted, "{end:?}");
+    assert!(end.message().contains("read nothing"), "{end:?}");
+    assert!(events < 80_000, "{events} events were buffered");
+    cluster.stop().await;
+}
+
 /// Reads tree events until a worker has answered a leaf (the tree is then certainly in flight).
 async fn first_leaf_answered(stream: &mut tonic::Streaming<pb::TreeEvent>) {
     loop {

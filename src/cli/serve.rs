@@ -82,8 +82,9 @@ impl ServingArgs {
 
 #[derive(Args, Debug)]
 pub struct WorkerArgs {
-    /// Address to listen on (port 0: any free port).
-    #[arg(long, default_value = "0.0.0.0:50051")]
+    /// Address to listen on (port 0: any free port). Loopback unless told otherwise: a worker
+    /// answers anyone who reaches its port (pass `--listen 0.0.0.0:50051` to serve other hosts).
+    #[arg(long, default_value = "127.0.0.1:50051")]
     listen: SocketAddr,
     #[command(flatten)]
     serving: ServingArgs,
@@ -101,8 +102,9 @@ pub struct CoordinatorOptions {
 
 #[derive(Args, Debug)]
 pub struct CoordinatorArgs {
-    /// Address to listen on (port 0: any free port).
-    #[arg(long, default_value = "0.0.0.0:50050")]
+    /// Address to listen on (port 0: any free port). Loopback unless told otherwise (pass
+    /// `--listen 0.0.0.0:50050` to serve clients on other hosts).
+    #[arg(long, default_value = "127.0.0.1:50050")]
     listen: SocketAddr,
     /// Worker addresses, `host:port`, comma separated.
     #[arg(long, value_delimiter = ',', conflicts_with = "workers_dns")]

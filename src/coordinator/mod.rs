@@ -19,7 +19,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures::future::BoxFuture;
-use futures::Stream;
+use futures::{Stream, StreamExt};
 use tokio::sync::{mpsc, Semaphore};
 use tonic::{Request, Response, Status};
 use tracing::Instrument;
@@ -47,6 +47,10 @@ pub struct CoordinatorConfig {
     pub limits: AskLimits,
     /// Finished traces kept for GetTrace.
     pub traces_kept: usize,
+    /// Events an AskStream buffers for its client, and how long a full buffer may wait for the
+    /// client to read before the stream is cut off (RESOURCE_EXHAUSTED) and its tree stopped.
+    pub stream_buffer: usize,
+    pub stream_stall: Duration,
     pub remote: RemoteConfig,
 }
 
@@ -61,12 +65,41 @@ impl Default for CoordinatorConfig {
             },
             limits: AskLimits::default(),
             traces_kept: 1024,
+            stream_buffer: 256,
+            stream_stall: Duration::from_secs(10),
             remote: RemoteConfig::default(),
         }
     }
 }
 
-type EventSender = mpsc::Sender<Result<pb::TreeEvent, Status>>;
+/// Where a streamed tree's events go: the response stream's bounded buffer. A client that stops
+/// reading is cut off after `stall` with the buffer full, and its tree stopped; its events are
+/// not buffered without end, and its tree does not keep its slot.
+#[derive(Clone)]
+struct EventSender {
+    tx: mpsc::Sender<Result<pb::TreeEvent, Status>>,
+    stall: Duration,
+}
+
+impl EventSender {
+    async fn send(&self, event: Result<pb::TreeEvent, Status>) -> Result<(), ServiceError> {
+        use mpsc::error::SendTimeoutError;
+        self.tx
+            .send_timeout(event, self.stall)
+            .await
+            .map_err(|e| match e {
+                SendTimeoutError::Timeout(_) => ServiceError::ResourceExhausted(format!(
+                    "the client read nothing of its stream for {:?} with {} events waiting: the \
+                     tree was stopped",
+                    self.stall,
+                    self.tx.max_capacity()
+                )),
+                SendTimeoutError::Closed(_) => {
+                    ServiceError::Cancelled("the client closed its stream".to_string())
+                }
+            })
+    }
+}
 
 /// One domain's evaluator over the pool (type-erased so the service can hold all five).
 trait DomainCoordinator: Send + Sync {
@@ -136,10 +169,9 @@ impl<D: Domain + Copy> Typed<D> {
                                 elapsed,
                             },
                         };
-                        if events.send(Ok(event.encode())).await.is_err() {
-                            return;
-                        }
+                        events.send(Ok(event.encode())).await?;
                     }
+                    Ok::<(), ServiceError>(())
                 };
                 (Some(tx), Some(forward))
             }
@@ -149,12 +181,14 @@ impl<D: Domain + Copy> Typed<D> {
             .evaluator
             .evaluate_observed(&instance, question, query.mode, budget, node_tx);
         let result = match forward {
+            // A stream cut off (or closed) stops the tree: the evaluation is dropped.
             Some(forward) => {
-                let (result, ()) = tokio::join!(evaluation, forward);
+                let evaluation = async { evaluation.await.map_err(ServiceError::from) };
+                let (result, ()) = tokio::try_join!(evaluation, forward)?;
                 result
             }
-            None => evaluation.await,
-        }?;
+            None => evaluation.await?,
+        };
         let answerer = result.trace.as_ref().and_then(|t| t.answerer.clone());
         // Traces are kept typed and rendered to text only when someone asks for one.
         let trace = result.trace.map(|t| {
@@ -358,24 +392,34 @@ impl pb::coordinator_server::Coordinator for Arc<CoordinatorService> {
         let (parent, _) = telemetry::of_request(&request);
         // Decoded before streaming, so bad requests get a status rather than a broken stream.
         let query = AskQuery::decode(request.into_inner(), &self.config.limits)?;
-        let (tx, rx) = mpsc::channel(256);
+        let (tx, rx) = mpsc::channel(self.config.stream_buffer.max(1));
+        // The last word of a stream that was cut off, delivered after the events it holds.
+        let (cut_tx, cut_rx) = tokio::sync::oneshot::channel::<Status>();
         let service = self.clone();
+        let events = EventSender {
+            tx: tx.clone(),
+            stall: self.config.stream_stall,
+        };
         tokio::spawn(async move {
-            let events = tx.clone();
             // The tree lives as long as the client listens: when the stream is dropped, `closed`
             // fires and the tree future (and its worker calls) are dropped.
             tokio::select! {
-                result = service.run(query, timeout, Some(events), parent) => {
-                    let message = result
-                        .map(|r| TreeEvent::Done(Box::new(r)).encode())
-                        .map_err(Status::from);
-                    let _ = tx.send(message).await;
+                result = service.run(query, timeout, Some(events.clone()), parent) => {
+                    let sent = match result {
+                        Ok(reply) => events.send(Ok(TreeEvent::Done(Box::new(reply)).encode())).await,
+                        Err(e) => Err(e),
+                    };
+                    if let Err(e) = sent {
+                        let _ = cut_tx.send(e.into());
+                    }
                 }
                 _ = tx.closed() => {}
             }
         });
+        let last =
+            futures::stream::once(cut_rx).filter_map(|cut| std::future::ready(cut.ok().map(Err)));
         Ok(Response::new(Box::pin(
-            tokio_stream::wrappers::ReceiverStream::new(rx),
+            tokio_stream::wrappers::ReceiverStream::new(rx).chain(last),
         )))
     }
 

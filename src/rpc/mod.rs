@@ -3,12 +3,14 @@
 //!
 //! - [`coordinator`] and [`worker`]: each service's requests and responses as library types, each
 //!   with its `encode` and `decode` side by side; decoders enforce the [`limits`].
-//! - [`error`]: the one mapping between errors and gRPC status codes.
+//! - [`error`]: the one mapping between errors and gRPC status codes; [`codec`]: protobuf, with
+//!   undecodable messages reported as the sender's error.
 //! - [`telemetry`]: distributed-tracing context in request metadata.
 //!
 //! The rest of the crate touches [`pb`] only to name the generated clients and service traits:
 //! handlers decode, do the work and encode; clients encode, call and decode.
 
+pub mod codec;
 pub mod coordinator;
 pub mod error;
 pub mod telemetry;

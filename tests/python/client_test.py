@@ -1,8 +1,9 @@
 """A real client in another language: Python grpcio, with stubs generated from proto/ alone.
 
 Starts `hch up` (a coordinator and two oracle workers) on a free port, asks a wildcard question
-whose answer this script computes itself from docs/domains.md's definition, checks a malformed
-request is refused with INVALID_ARGUMENT, then stops the server with SIGTERM and expects a clean
+whose answer this script computes itself from docs/domains.md's definition, checks that a
+malformed request and bytes that are no protobuf at all are refused with INVALID_ARGUMENT, then
+stops the server with SIGTERM and expects a clean
 exit. Run by .ci/run:  python tests/python/client_test.py target/debug/hch
 """
 
@@ -73,6 +74,17 @@ def main(binary):
                 except grpc.RpcError as e:
                     assert e.code() == grpc.StatusCode.INVALID_ARGUMENT, e
                     assert "'2'" in e.details(), e.details()
+                    passed += 1
+                # Bytes that are no protobuf message at all: the client's error, not the server's.
+                raw = channel.unary_unary("/hch.v1.Coordinator/Ask",
+                                          request_serializer=lambda b: b,
+                                          response_deserializer=lambda b: b)
+                try:
+                    raw(b"\xff\xff\xff\xff", timeout=10)
+                    raise AssertionError("an undecodable request was accepted")
+                except grpc.RpcError as e:
+                    assert e.code() == grpc.StatusCode.INVALID_ARGUMENT, e
+                    assert "AskRequest" in e.details(), e.details()
                     passed += 1
                 status = stub.Status(hch_pb2.StatusRequest(), timeout=10)
                 assert len(status.workers) == 2 and all(w.healthy for w in status.workers)
