@@ -202,7 +202,7 @@ async fn a_tree_survives_a_worker_stopped_in_its_middle() {
         }
     }
     let done = done.expect("the tree finished");
-    assert_eq!(done.answer, truth);
+    assert_eq!(done.answer, truth, "{done:?}");
     assert_eq!(done.exhausted, "");
     cluster.stop().await;
 }
@@ -300,6 +300,111 @@ async fn a_client_that_stops_reading_its_stream_is_cut_off() {
     assert!(end.message().contains("read nothing"), "{end:?}");
     assert!(events < 80_000, "{events} events were buffered");
     cluster.stop().await;
+}
+
+/// A worker process frozen with SIGSTOP (its socket open, nothing answered, not even a reset)
+/// holds a batch only for the call timeout: the batch is re-sent to another worker and every
+/// tree finishes, right and undegraded.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_frozen_worker_is_routed_around() {
+    use std::io::{BufRead, BufReader};
+    use std::process::{Command, Stdio};
+
+    use hch::coordinator::pool::WorkerSource;
+    use hch::server::{start_coordinator, start_worker};
+
+    let loopback = std::net::SocketAddr::from(([127, 0, 0, 1], 0));
+    let (healthy, _) = start_worker(
+        loopback,
+        Serving::Oracle {
+            delay: Duration::ZERO,
+        },
+        WorkerConfig::default(),
+    )
+    .await
+    .unwrap();
+    // A worker in its own process, to freeze.
+    let mut frozen = Command::new(env!("CARGO_BIN_EXE_hch"))
+        .args(["worker", "--oracle", "--listen", "127.0.0.1:0"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(frozen.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let frozen_addr = line
+        .trim()
+        .strip_prefix("worker listening on ")
+        .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
+        .to_string();
+    let mut config = CoordinatorConfig::default();
+    config.remote.call_timeout = Duration::from_millis(300);
+    let (coordinator, _) = start_coordinator(
+        loopback,
+        PoolConfig {
+            source: WorkerSource::Static(vec![frozen_addr.clone(), healthy.addr.to_string()]),
+            refresh_every: Duration::from_secs(3600),
+            ..PoolConfig::default()
+        },
+        config,
+    )
+    .await
+    .unwrap();
+    let mut client = Client::connect(format!("http://{}", coordinator.addr))
+        .await
+        .unwrap();
+    // Both workers are in the pool (it asked each for its ModelInfo when it started); then one
+    // freezes. The pool does not refresh during the test, so only the call timeout can route
+    // around it.
+    let status = client
+        .status(pb::StatusRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(status.workers.iter().all(|w| w.healthy), "{status:?}");
+    let stopped = Command::new("kill")
+        .args(["-STOP", &frozen.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(stopped.success());
+
+    let d = hch::domain::wildcard::Wildcard;
+    let trees = (0..16u64).map(|seed| {
+        let inst = Instance::generate(&d, 64, seed).unwrap();
+        let truth = d.print_answer(&d.truth(inst.facts(), &d.parse_question("*1****").unwrap()));
+        let request = ask(
+            DomainKind::Wildcard,
+            d.print_facts(inst.facts()),
+            "*1****".into(),
+            "hch:3",
+        );
+        let mut client = client.clone();
+        async move { (client.ask(request).await, truth) }
+    });
+    // A guard against a hang, not a timing: a tree needs one call timeout to be re-routed.
+    let replies =
+        tokio::time::timeout(Duration::from_secs(30), futures::future::join_all(trees)).await;
+    let _ = frozen.kill();
+    let _ = frozen.wait();
+    for (reply, truth) in replies.expect("the trees finished despite the frozen worker") {
+        let reply = reply.unwrap().into_inner();
+        assert_eq!(reply.answer, truth);
+        assert_eq!(reply.exhausted, "", "{reply:?}");
+    }
+    let status = client
+        .status(pb::StatusRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    let frozen_status = status
+        .workers
+        .iter()
+        .find(|w| w.address == frozen_addr)
+        .unwrap();
+    assert!(frozen_status.failures >= 1, "{status:?}");
+    let _ = coordinator.stop().await;
+    healthy.abort();
 }
 
 /// Reads tree events until a worker has answered a leaf (the tree is then certainly in flight).

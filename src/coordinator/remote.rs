@@ -30,7 +30,11 @@ pub struct RemoteConfig {
     pub max_batch: usize,
     /// Attempts per batch (on different workers where possible).
     pub attempts: usize,
-    /// Longest a single call may take.
+    /// Longest a single call may take. A call that takes longer (a frozen or partitioned worker)
+    /// is given up and re-sent to another worker; the worker is avoided for a while. A worker
+    /// holds at most `PoolConfig::max_in_flight_per_worker` calls of one coordinator (about a
+    /// second of queue for the tiny model on two cores at full load), so this is well above what
+    /// a live worker takes.
     pub call_timeout: Duration,
 }
 
@@ -39,7 +43,7 @@ impl Default for RemoteConfig {
         Self {
             max_batch: 1024,
             attempts: 3,
-            call_timeout: Duration::from_secs(30),
+            call_timeout: Duration::from_secs(5),
         }
     }
 }
@@ -205,14 +209,31 @@ async fn send<D: Domain + Copy>(
         attach_telemetry(&mut call, &batch);
         let mut client = worker.client();
         let outcome = tokio::select! {
-            r = client.answer(call) => r,
+            r = tokio::time::timeout(config.call_timeout, client.answer(call)) => {
+                r.unwrap_or_else(|_| Err(tonic::Status::unavailable(format!(
+                    "worker {} did not answer within {:?}: re-sending the batch elsewhere",
+                    worker.address, config.call_timeout
+                ))))
+            }
             _ = abandoned(&mut batch) => {
                 tracing::debug!(worker = %worker.address, "batch abandoned by its trees: call cancelled");
                 return;
             }
         };
         let reply = outcome
-            .map_err(ServiceError::from)
+            .map_err(|status| {
+                // A status made by the transport (the connection broke: the worker died mid-call)
+                // carries its cause; one the worker sent does not. The former is the worker's
+                // loss, not the batch's fault, whatever its code.
+                let transport = std::error::Error::source(&status).is_some();
+                match ServiceError::from(status) {
+                    ServiceError::Internal(m) if transport => ServiceError::Unavailable(m),
+                    // The worker gave up on the call's deadline: as slow as a frozen one, and
+                    // the batch may well be answered elsewhere.
+                    ServiceError::DeadlineExceeded(m) => ServiceError::Unavailable(m),
+                    other => other,
+                }
+            })
             .and_then(|r| AnswerReply::decode(r.into_inner(), asked));
         match reply {
             Ok(AnswerReply::MissingFacts(ids)) => {
