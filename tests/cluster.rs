@@ -407,6 +407,77 @@ async fn a_frozen_worker_is_routed_around() {
     healthy.abort();
 }
 
+/// With a token file, every call needs a token (UNAUTHENTICATED without one, or with one nobody
+/// was given) with the right to it (PERMISSION_DENIED otherwise), and a client reads the traces
+/// of its own trees only.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tokens_decide_who_may_ask_and_whose_traces_they_read() {
+    use hch::coordinator::auth::{attach, new_token, Tokens};
+    let (alice, a) = new_token("alice", &["ask", "status"]).unwrap();
+    let (bob, b) = new_token("bob", &["status"]).unwrap();
+    let (carol, c) = new_token("carol", &["ask"]).unwrap();
+    let file = format!("{{\"clients\": [{a}, {b}, {c}]}}");
+    let config = CoordinatorConfig {
+        tokens: Some(std::sync::Arc::new(Tokens::parse(file.as_bytes()).unwrap())),
+        ..CoordinatorConfig::default()
+    };
+    let cluster = cluster(1, Duration::ZERO, WorkerConfig::default(), config).await;
+    let mut client = client(&cluster).await;
+    fn as_client<T>(token: Option<&str>, request: T) -> tonic::Request<T> {
+        let mut request = tonic::Request::new(request);
+        attach(&mut request, token);
+        request
+    }
+    let question = || {
+        ask(
+            DomainKind::Wildcard,
+            "010011:+1 110000:-1".into(),
+            "*1****".into(),
+            "amplified",
+        )
+    };
+    for token in [None, Some("0123")] {
+        let e = client.ask(as_client(token, question())).await.unwrap_err();
+        assert_eq!(e.code(), Code::Unauthenticated, "{e:?}");
+    }
+    let e = client
+        .ask(as_client(Some(&bob), question()))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::PermissionDenied, "{e:?}");
+    assert!(e.message().contains("bob"), "{e:?}");
+
+    let reply = client
+        .ask(as_client(Some(&alice), question()))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(reply.answer, "0");
+    let get = |token: &str| {
+        as_client(
+            Some(token),
+            pb::GetTraceRequest {
+                tree_id: reply.tree_id.clone(),
+            },
+        )
+    };
+    let trace = client.get_trace(get(&alice)).await.unwrap().into_inner();
+    assert_eq!(trace.tree_id, reply.tree_id);
+    let e = client.get_trace(get(&carol)).await.unwrap_err();
+    assert_eq!(e.code(), Code::NotFound, "another client's trace: {e:?}");
+
+    let status = client
+        .status(as_client(Some(&bob), pb::StatusRequest {}))
+        .await;
+    assert_eq!(status.unwrap().into_inner().trees_total, 1);
+    let e = client
+        .status(as_client(Some(&carol), pb::StatusRequest {}))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::PermissionDenied, "{e:?}");
+    cluster.stop().await;
+}
+
 /// Reads tree events until a worker has answered a leaf (the tree is then certainly in flight).
 async fn first_leaf_answered(stream: &mut tonic::Streaming<pb::TreeEvent>) {
     loop {

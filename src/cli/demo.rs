@@ -94,6 +94,7 @@ pub async fn demo(args: DemoArgs) -> Result<()> {
     let engine = EngineArgs {
         workers: args.workers,
         coordinator: None,
+        token: None,
         local: false,
     };
     let stop = StopAt {

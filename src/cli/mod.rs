@@ -79,6 +79,9 @@ enum Command {
     Coordinator(serve::CoordinatorArgs),
     /// A coordinator and N workers in one process, for local use.
     Up(serve::UpArgs),
+    /// Make a client token for a coordinator's token file (`--tokens`): prints the token (give it
+    /// to the client) and its entry (add it to the file; it holds only the token's hash).
+    Token(TokenArgs),
     /// Measure subquestions per second through a coordinator and workers on loopback, against
     /// the raw rate of trivial unary gRPC calls.
     Loadtest(loadtest::LoadtestArgs),
@@ -158,6 +161,18 @@ pub(crate) struct AskArgs {
     /// Ask a running coordinator (`http://host:port`) instead of evaluating here.
     #[arg(long)]
     pub(crate) addr: Option<String>,
+    /// The client token for a coordinator that requires one (`hch token`).
+    #[arg(long, requires = "addr")]
+    pub(crate) token: Option<String>,
+}
+
+#[derive(Args, Debug)]
+struct TokenArgs {
+    /// The client's name (traces are readable only by the client that asked).
+    name: String,
+    /// Its rights: ask (Ask, AskStream, GetTrace of its own trees) and status.
+    #[arg(long, value_delimiter = ',', default_value = "ask")]
+    rights: Vec<String>,
 }
 
 #[derive(Args, Debug)]
@@ -197,6 +212,7 @@ pub fn main() -> Result<()> {
             Command::Ask(args) if args.addr.is_some() => remote::ask(args).await,
             Command::Ask(args) => with_domain!(args.instance.domain, d => ask(d, args).await),
             Command::Sample(args) => with_domain!(args.instance.domain, d => sample(d, args)),
+            Command::Token(args) => token(args),
             Command::Worker(args) => serve::worker(args).await,
             Command::Coordinator(args) => serve::coordinator(args).await,
             Command::Up(args) => serve::up(args).await,
@@ -306,6 +322,21 @@ async fn ask<D: Domain + Copy>(domain: D, args: AskArgs) -> Result<()> {
             out.write_all(trace.render(&domain).as_bytes())?;
         }
     }
+    Ok(())
+}
+
+fn token(args: TokenArgs) -> Result<()> {
+    for right in &args.rights {
+        if !["ask", "status"].contains(&right.as_str()) {
+            bail!("unknown right {right:?}: the rights are ask and status");
+        }
+    }
+    let rights: Vec<&str> = args.rights.iter().map(String::as_str).collect();
+    let (token, entry) =
+        crate::coordinator::auth::new_token(&args.name, &rights).map_err(anyhow::Error::msg)?;
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "token (give to {}): {token}", args.name)?;
+    writeln!(out, "entry (add to the coordinator's token file): {entry}")?;
     Ok(())
 }
 

@@ -40,10 +40,9 @@ pub async fn ask(args: AskArgs) -> Result<()> {
         want_trace: args.tree,
     };
     let failed = |e: ServiceError| anyhow::anyhow!("{} ({:?})", e.message(), e.code());
-    let response = client
-        .ask(query.encode())
-        .await
-        .map_err(|s| failed(s.into()))?;
+    let mut request = tonic::Request::new(query.encode());
+    crate::coordinator::auth::attach(&mut request, args.token.as_deref());
+    let response = client.ask(request).await.map_err(|s| failed(s.into()))?;
     let reply = AskReply::decode(response.into_inner()).map_err(failed)?;
     let mut out = std::io::stdout().lock();
     writeln!(

@@ -98,6 +98,10 @@ pub struct CoordinatorOptions {
     /// Calls in flight per worker (batches grow while they wait).
     #[arg(long, default_value_t = PoolConfig::default().max_in_flight_per_worker)]
     max_in_flight_per_worker: usize,
+    /// Client tokens (JSON; see `hch token`): every call then needs a token with the right to
+    /// it. Without it, anyone who reaches the port may ask.
+    #[arg(long)]
+    tokens: Option<PathBuf>,
 }
 
 #[derive(Args, Debug)]
@@ -131,11 +135,18 @@ pub struct UpArgs {
     options: CoordinatorOptions,
 }
 
-fn coordinator_config(o: &CoordinatorOptions) -> CoordinatorConfig {
-    CoordinatorConfig {
+fn coordinator_config(o: &CoordinatorOptions) -> Result<CoordinatorConfig> {
+    let tokens = match &o.tokens {
+        Some(path) => Some(std::sync::Arc::new(
+            crate::coordinator::auth::Tokens::load(path).map_err(anyhow::Error::msg)?,
+        )),
+        None => None,
+    };
+    Ok(CoordinatorConfig {
         max_trees: o.max_trees.max(1),
+        tokens,
         ..CoordinatorConfig::default()
-    }
+    })
 }
 
 fn pool_config(o: &CoordinatorOptions, source: WorkerSource) -> PoolConfig {
@@ -200,7 +211,7 @@ pub async fn coordinator(args: CoordinatorArgs) -> Result<()> {
     announce("coordinator", listener.local_addr()?);
     let pool = crate::coordinator::pool::Pool::start(pool_config(&args.options, source)).await;
     let service =
-        crate::coordinator::CoordinatorService::new(pool, coordinator_config(&args.options));
+        crate::coordinator::CoordinatorService::new(pool, coordinator_config(&args.options)?);
     server::serve_coordinator(listener, service, shutdown_signal()).await?;
     Ok(())
 }
@@ -215,7 +226,7 @@ pub async fn up(args: UpArgs) -> Result<()> {
         worker: args.serving.config(),
         coordinator_listen: args.listen,
         pool: pool_config(&args.options, WorkerSource::Static(Vec::new())),
-        coordinator: coordinator_config(&args.options),
+        coordinator: coordinator_config(&args.options)?,
     })
     .await
     .with_context(|| format!("starting the cluster on {}", args.listen))?;

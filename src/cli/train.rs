@@ -131,6 +131,10 @@ pub struct EngineArgs {
     /// (`hch worker --registry RUN/registry --domain D`).
     #[arg(long, conflicts_with = "local")]
     pub coordinator: Option<String>,
+    /// The client token for a coordinator that requires one (`hch token`; it needs the ask and
+    /// status rights).
+    #[arg(long, requires = "coordinator")]
+    pub token: Option<String>,
     /// Evaluate trees in this process without gRPC (fastest on one machine).
     #[arg(long)]
     pub local: bool,
@@ -380,7 +384,9 @@ pub(super) async fn train_run<D: Domain + Copy>(
                 a
             }
         };
-        Box::new(RemoteAmplifier::connect(domain, &address).await?)
+        let mut remote = RemoteAmplifier::connect(domain, &address).await?;
+        remote.token = engine.token.clone();
+        Box::new(remote)
     };
     let records = run.train(source.as_ref(), stop, &mut on).await?;
     Ok((records, cluster))

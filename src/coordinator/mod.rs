@@ -9,6 +9,7 @@
 //! pending worker calls (cancelling them on the workers). Finished traces are kept (boundedly) for
 //! GetTrace.
 
+pub mod auth;
 pub mod pool;
 pub mod remote;
 
@@ -33,6 +34,7 @@ use crate::rpc::coordinator::{
 };
 use crate::rpc::{pb, request_timeout, telemetry, ServiceError};
 use crate::with_domain;
+use auth::{ClientName, Right, Tokens};
 use pool::Pool;
 use remote::{RemoteAnswerer, RemoteConfig, TreeTelemetry, CURRENT_TREE};
 
@@ -52,6 +54,8 @@ pub struct CoordinatorConfig {
     pub stream_buffer: usize,
     pub stream_stall: Duration,
     pub remote: RemoteConfig,
+    /// Client tokens (see [`auth`]); `None` lets every caller in as one anonymous client.
+    pub tokens: Option<Arc<Tokens>>,
 }
 
 impl Default for CoordinatorConfig {
@@ -68,6 +72,7 @@ impl Default for CoordinatorConfig {
             stream_buffer: 256,
             stream_stall: Duration::from_secs(10),
             remote: RemoteConfig::default(),
+            tokens: None,
         }
     }
 }
@@ -115,6 +120,8 @@ trait DomainCoordinator: Send + Sync {
 /// A finished tree's trace, kept typed; `render` turns it into text on demand.
 struct StoredTrace {
     tree_id: String,
+    /// The client whose tree it was: only it may read the trace.
+    owner: ClientName,
     render: Box<dyn Fn() -> TraceView + Send + Sync>,
 }
 
@@ -195,6 +202,7 @@ impl<D: Domain + Copy> Typed<D> {
             let (domain, id, t) = (*d, tree_id.clone(), Arc::new(t));
             StoredTrace {
                 tree_id: tree_id.clone(),
+                owner: None,
                 render: Box::new(move || t.view(&domain, &id)),
             }
         });
@@ -280,8 +288,17 @@ impl CoordinatorService {
         }
     }
 
+    /// The client `request` comes from, if it may do `right`.
+    fn authorize<T>(&self, request: &Request<T>, right: Right) -> Result<ClientName, ServiceError> {
+        match &self.config.tokens {
+            None => Ok(None),
+            Some(tokens) => tokens.authorize(request.metadata(), right).map(Some),
+        }
+    }
+
     async fn run(
         &self,
+        client: ClientName,
         query: AskQuery,
         client_timeout: Option<Duration>,
         events: Option<EventSender>,
@@ -317,7 +334,8 @@ impl CoordinatorService {
                     .instrument(span),
             )
             .await?;
-        if let Some(trace) = trace {
+        if let Some(mut trace) = trace {
+            trace.owner = client;
             if want_trace {
                 reply.trace = Some((trace.render)());
             }
@@ -340,13 +358,14 @@ impl CoordinatorService {
         }
     }
 
-    /// The stored trace of tree `id`, in text.
-    pub fn trace(&self, id: &str) -> Result<TraceView, ServiceError> {
+    /// The stored trace of tree `id`, in text, if `client` asked for that tree. Another client's
+    /// tree is reported as not found, like one that never existed.
+    pub fn trace(&self, id: &str, client: &ClientName) -> Result<TraceView, ServiceError> {
         let traces = self.traces.lock().unwrap_or_else(|p| p.into_inner());
         traces
             .iter()
             .rev()
-            .find(|t| t.tree_id == id)
+            .find(|t| t.tree_id == id && t.owner == *client)
             .map(|t| (t.render)())
             .ok_or_else(|| {
                 ServiceError::NotFound(format!(
@@ -375,10 +394,11 @@ impl pb::coordinator_server::Coordinator for Arc<CoordinatorService> {
         &self,
         request: Request<pb::AskRequest>,
     ) -> Result<Response<pb::AskResponse>, Status> {
+        let client = self.authorize(&request, Right::Ask)?;
         let timeout = request_timeout(&request);
         let (parent, _) = telemetry::of_request(&request);
         let query = AskQuery::decode(request.into_inner(), &self.config.limits)?;
-        let reply = self.run(query, timeout, None, parent).await?;
+        let reply = self.run(client, query, timeout, None, parent).await?;
         Ok(Response::new(reply.encode()))
     }
 
@@ -388,6 +408,7 @@ impl pb::coordinator_server::Coordinator for Arc<CoordinatorService> {
         &self,
         request: Request<pb::AskRequest>,
     ) -> Result<Response<Self::AskStreamStream>, Status> {
+        let client = self.authorize(&request, Right::Ask)?;
         let timeout = request_timeout(&request);
         let (parent, _) = telemetry::of_request(&request);
         // Decoded before streaming, so bad requests get a status rather than a broken stream.
@@ -404,7 +425,7 @@ impl pb::coordinator_server::Coordinator for Arc<CoordinatorService> {
             // The tree lives as long as the client listens: when the stream is dropped, `closed`
             // fires and the tree future (and its worker calls) are dropped.
             tokio::select! {
-                result = service.run(query, timeout, Some(events.clone()), parent) => {
+                result = service.run(client, query, timeout, Some(events.clone()), parent) => {
                     let sent = match result {
                         Ok(reply) => events.send(Ok(TreeEvent::Done(Box::new(reply)).encode())).await,
                         Err(e) => Err(e),
@@ -427,14 +448,18 @@ impl pb::coordinator_server::Coordinator for Arc<CoordinatorService> {
         &self,
         request: Request<pb::GetTraceRequest>,
     ) -> Result<Response<pb::Trace>, Status> {
+        let client = self.authorize(&request, Right::Ask)?;
         let request = TraceRequest::decode(request.into_inner())?;
-        Ok(Response::new(self.trace(&request.tree_id)?.encode()))
+        Ok(Response::new(
+            self.trace(&request.tree_id, &client)?.encode(),
+        ))
     }
 
     async fn status(
         &self,
-        _: Request<pb::StatusRequest>,
+        request: Request<pb::StatusRequest>,
     ) -> Result<Response<pb::StatusResponse>, Status> {
+        self.authorize(&request, Right::Status)?;
         Ok(Response::new(CoordinatorService::status(self).encode()))
     }
 }

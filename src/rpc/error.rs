@@ -19,6 +19,12 @@ pub enum ServiceError {
     InvalidArgument(String),
     #[error("{0}")]
     NotFound(String),
+    /// No credentials, or credentials nobody was given.
+    #[error("{0}")]
+    Unauthenticated(String),
+    /// Valid credentials without the right to this call.
+    #[error("{0}")]
+    PermissionDenied(String),
     /// A bounded queue or cap is full; retry later.
     #[error("{0}")]
     ResourceExhausted(String),
@@ -42,6 +48,8 @@ impl ServiceError {
         match self {
             ServiceError::InvalidArgument(_) => Code::InvalidArgument,
             ServiceError::NotFound(_) => Code::NotFound,
+            ServiceError::Unauthenticated(_) => Code::Unauthenticated,
+            ServiceError::PermissionDenied(_) => Code::PermissionDenied,
             ServiceError::ResourceExhausted(_) => Code::ResourceExhausted,
             ServiceError::Unavailable(_) => Code::Unavailable,
             ServiceError::DeadlineExceeded(_) => Code::DeadlineExceeded,
@@ -55,6 +63,8 @@ impl ServiceError {
         match self {
             ServiceError::InvalidArgument(m)
             | ServiceError::NotFound(m)
+            | ServiceError::Unauthenticated(m)
+            | ServiceError::PermissionDenied(m)
             | ServiceError::ResourceExhausted(m)
             | ServiceError::Unavailable(m)
             | ServiceError::DeadlineExceeded(m)
@@ -107,6 +117,8 @@ impl From<Status> for ServiceError {
         match s.code() {
             Code::InvalidArgument | Code::OutOfRange => ServiceError::InvalidArgument(m),
             Code::NotFound => ServiceError::NotFound(m),
+            Code::Unauthenticated => ServiceError::Unauthenticated(m),
+            Code::PermissionDenied => ServiceError::PermissionDenied(m),
             Code::ResourceExhausted => ServiceError::ResourceExhausted(m),
             // Transport failures arrive as Unavailable or Unknown: both mean "try elsewhere".
             Code::Unavailable | Code::Unknown | Code::Aborted => ServiceError::Unavailable(m),
@@ -175,6 +187,8 @@ mod tests {
         vec![
             ServiceError::InvalidArgument("bad text at column 3".into()),
             ServiceError::NotFound("no tree t-9".into()),
+            ServiceError::Unauthenticated("no token".into()),
+            ServiceError::PermissionDenied("may not ask".into()),
             ServiceError::ResourceExhausted("queue full".into()),
             ServiceError::Unavailable("no workers".into()),
             ServiceError::DeadlineExceeded("too slow".into()),

@@ -206,6 +206,8 @@ pub struct RemoteAmplifier<D: Domain> {
     client: CoordinatorClient<Channel>,
     /// Longest wait for the workers to load a promoted generation.
     pub load_timeout: Duration,
+    /// The client token, for a coordinator that requires one.
+    pub token: Option<String>,
 }
 
 impl<D: Domain + Copy> RemoteAmplifier<D> {
@@ -225,6 +227,7 @@ impl<D: Domain + Copy> RemoteAmplifier<D> {
             client: CoordinatorClient::new(channel)
                 .max_decoding_message_size(crate::rpc::limits::MAX_MESSAGE_BYTES),
             load_timeout: Duration::from_secs(20),
+            token: None,
         })
     }
 
@@ -240,10 +243,12 @@ impl<D: Domain + Copy> RemoteAmplifier<D> {
             budget: Budget::default(),
             want_trace: true,
         };
+        let mut request = tonic::Request::new(query.encode());
+        crate::coordinator::auth::attach(&mut request, self.token.as_deref());
         let response = self
             .client
             .clone()
-            .ask(query.encode())
+            .ask(request)
             .await
             .map_err(|s| coordinator_error(s.into()))?;
         let reply = AskReply::decode(response.into_inner()).map_err(coordinator_error)?;
@@ -268,10 +273,12 @@ impl<D: Domain + Copy> RemoteAmplifier<D> {
     }
 
     async fn status(&self) -> Result<CoordinatorStatus, TrainError> {
+        let mut request = tonic::Request::new(pb::StatusRequest {});
+        crate::coordinator::auth::attach(&mut request, self.token.as_deref());
         let response = self
             .client
             .clone()
-            .status(pb::StatusRequest {})
+            .status(request)
             .await
             .map_err(|s| coordinator_error(s.into()))?;
         CoordinatorStatus::decode(response.into_inner()).map_err(coordinator_error)
