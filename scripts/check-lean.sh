@@ -29,18 +29,24 @@ if out=$("$hch" worker --registry /nonexistent --domain wildcard 2>&1); then
 fi
 grep -q "feature" <<<"$out" || fail "hch worker --registry: unclear refusal: $out"
 
+# Starts `hch up` with the given extra arguments; sets $up (its pid) and $addr (the coordinator's
+# address, once it has announced it).
 log=$(mktemp)
-"$hch" up --workers 1 --oracle --listen 127.0.0.1:0 >"$log" 2>&1 &
-up=$!
 trap 'kill $up 2>/dev/null || true; rm -f "$log"' EXIT
-addr=""
-for _ in $(seq 1 200); do
-    addr=$(sed -n 's/^coordinator listening on //p' "$log")
-    [[ -n "$addr" ]] && break
-    kill -0 $up 2>/dev/null || fail "hch up exited: $(cat "$log")"
-    sleep 0.05
-done
-[[ -n "$addr" ]] || fail "hch up did not announce its address: $(cat "$log")"
+start_up() {
+    "$hch" up --workers 1 --oracle --listen 127.0.0.1:0 "$@" >"$log" 2>&1 &
+    up=$!
+    addr=""
+    for _ in $(seq 1 200); do
+        addr=$(sed -n 's/^coordinator listening on //p' "$log")
+        [[ -n "$addr" ]] && return
+        kill -0 $up 2>/dev/null || fail "hch up $* exited: $(cat "$log")"
+        sleep 0.05
+    done
+    fail "hch up $* did not announce its address: $(cat "$log")"
+}
+
+start_up
 answer=$("$hch" ask --addr "http://$addr" -d wildcard --instance '010011:+1 110000:-1' \
     -q '*1****' --mode hch:2)
 grep -q "= 0$" <<<"$(head -n 1 <<<"$answer")" || fail "unexpected answer: $answer"
@@ -55,16 +61,7 @@ entry=$(sed -n "s/^entry (add to the coordinator's token file): //p" <<<"$made")
 [[ -n "$token" && -n "$entry" ]] || fail "hch token printed: $made"
 tokens=$(mktemp)
 echo "{\"clients\": [$entry]}" >"$tokens"
-"$hch" up --workers 1 --oracle --listen 127.0.0.1:0 --tokens "$tokens" >"$log" 2>&1 &
-up=$!
-addr=""
-for _ in $(seq 1 200); do
-    addr=$(sed -n 's/^coordinator listening on //p' "$log")
-    [[ -n "$addr" ]] && break
-    kill -0 $up 2>/dev/null || fail "hch up --tokens exited: $(cat "$log")"
-    sleep 0.05
-done
-[[ -n "$addr" ]] || fail "hch up --tokens did not announce its address: $(cat "$log")"
+start_up --tokens "$tokens"
 if out=$("$hch" ask --addr "http://$addr" -d wildcard --instance '010011:+1 110000:-1' \
     -q '*1****' --mode hch:2 2>&1); then
     fail "a coordinator with tokens answered a call without one"
