@@ -368,6 +368,23 @@ async fn a_frozen_worker_is_routed_around() {
         .status()
         .unwrap();
     assert!(stopped.success());
+    // The signal is delivered asynchronously: wait (bounded) until the kernel reports the
+    // process stopped ('T' in /proc/PID/stat), so that no call reaches it while it still runs.
+    let stat = format!("/proc/{}/stat", frozen.id());
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let state = std::fs::read_to_string(&stat).unwrap();
+        // The state follows the command name, which is in parentheses.
+        let after = state.rsplit_once(") ").map(|(_, rest)| rest).unwrap_or("");
+        if after.starts_with('T') {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the worker did not stop: {state}"
+        );
+        tokio::task::yield_now().await;
+    }
 
     let d = hch::domain::wildcard::Wildcard;
     let trees = (0..16u64).map(|seed| {

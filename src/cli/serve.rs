@@ -14,6 +14,7 @@ use crate::answerer::batched::BatchConfig;
 use crate::coordinator::pool::{PoolConfig, WorkerSource};
 use crate::coordinator::CoordinatorConfig;
 use crate::domain::DomainKind;
+use crate::rpc::coordinator::AskLimits;
 use crate::server::{self, Cluster, ClusterConfig};
 use crate::worker::{Serving, Worker, WorkerConfig};
 
@@ -98,6 +99,15 @@ pub struct CoordinatorOptions {
     /// Calls in flight per worker (batches grow while they wait).
     #[arg(long, default_value_t = PoolConfig::default().max_in_flight_per_worker)]
     max_in_flight_per_worker: usize,
+    /// The deepest tree a client may ask for (hch:D or a depth budget).
+    #[arg(long, default_value_t = AskLimits::default().max_depth)]
+    max_depth: u32,
+    /// The largest node budget a client may ask for.
+    #[arg(long, default_value_t = AskLimits::default().max_nodes)]
+    max_nodes: u64,
+    /// The longest deadline a client may ask for, in milliseconds.
+    #[arg(long, default_value_t = AskLimits::default().max_deadline.as_millis() as u64)]
+    max_deadline_ms: u64,
     /// Client tokens (JSON; see `hch token`): every call then needs a token with the right to
     /// it. Without it, anyone who reaches the port may ask.
     #[arg(long)]
@@ -144,6 +154,11 @@ fn coordinator_config(o: &CoordinatorOptions) -> Result<CoordinatorConfig> {
     };
     Ok(CoordinatorConfig {
         max_trees: o.max_trees.max(1),
+        limits: AskLimits {
+            max_depth: o.max_depth,
+            max_nodes: o.max_nodes.max(1),
+            max_deadline: Duration::from_millis(o.max_deadline_ms.max(1)),
+        },
         tokens,
         ..CoordinatorConfig::default()
     })

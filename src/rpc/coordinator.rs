@@ -20,6 +20,11 @@ use crate::eval::{Budget, Mode, TreeStats};
 /// The operator's maximums for one tree (the coordinator's configuration).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct AskLimits {
+    /// The deepest tree a request may ask for, as `hch:D` or as a depth budget. Each level is a
+    /// nested future on the coordinator's stack: the evaluator's own bound ([`crate::eval::MAX_TREE_DEPTH`])
+    /// is for in-process use; a server keeps well below it (a release build handles 1024, a
+    /// debug build overflows a 2 MiB worker stack near 512).
+    pub max_depth: u32,
     /// The largest node budget a request may ask for.
     pub max_nodes: u64,
     /// The longest deadline a request may ask for.
@@ -29,6 +34,7 @@ pub struct AskLimits {
 impl Default for AskLimits {
     fn default() -> Self {
         Self {
+            max_depth: 256,
             max_nodes: 10_000_000,
             max_deadline: Duration::from_secs(600),
         }
@@ -116,6 +122,21 @@ impl AskQuery {
         budget
             .check()
             .map_err(|e| ServiceError::invalid(e.to_string()))?;
+        let depth = match mode {
+            Mode::Hch(d) => Some(("mode hch:D", d)),
+            _ => None,
+        };
+        let depths = depth
+            .into_iter()
+            .chain(budget.max_depth.map(|d| ("budget max_depth", d)));
+        for (what, d) in depths {
+            if d > limits.max_depth {
+                return Err(ServiceError::invalid(format!(
+                    "{what} {d} is deeper than this coordinator allows ({})",
+                    limits.max_depth
+                )));
+            }
+        }
         if let Some(n) = budget.max_nodes.filter(|&n| n > limits.max_nodes) {
             return Err(ServiceError::invalid(format!(
                 "budget max_nodes {n} is out of range 1..={}",
@@ -635,6 +656,7 @@ mod tests {
     #[test]
     fn ask_decoding_refuses_bad_fields_by_name() {
         let limits = AskLimits {
+            max_depth: 8,
             max_nodes: 100,
             max_deadline: Duration::from_secs(1),
         };
@@ -685,6 +707,23 @@ mod tests {
                     ..base()
                 },
                 "mode",
+            ),
+            (
+                pb::AskRequest {
+                    mode: "hch:9".into(),
+                    ..base()
+                },
+                "hch:D 9 is deeper",
+            ),
+            (
+                pb::AskRequest {
+                    budget: Some(pb::Budget {
+                        max_depth: Some(9),
+                        ..Default::default()
+                    }),
+                    ..base()
+                },
+                "max_depth 9 is deeper",
             ),
             (
                 pb::AskRequest {
