@@ -18,6 +18,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result};
 use clap::Args;
 
+use crate::coordinator::auth::attach;
 use crate::coordinator::pool::{PoolConfig, WorkerSource};
 use crate::coordinator::CoordinatorConfig;
 use crate::domain::{Domain, DomainKind, Instance, FULL_SIZE};
@@ -80,6 +81,10 @@ pub struct LoadtestArgs {
     /// coordinator's Status calls).
     #[arg(long, requires = "coordinator")]
     worker: Option<String>,
+    /// With --coordinator: the client token, for a coordinator that requires one (`hch token`;
+    /// the raw baseline's Status calls need the status right).
+    #[arg(long, requires = "coordinator")]
+    token: Option<String>,
 }
 
 fn url(addr: &str) -> String {
@@ -300,9 +305,12 @@ pub async fn run(args: LoadtestArgs) -> Result<()> {
                     let client = pb::coordinator_client::CoordinatorClient::new(
                         channels[i % connections].clone(),
                     );
+                    let token = args.token.clone();
                     move || {
                         let mut client = client.clone();
-                        async move { client.status(pb::StatusRequest {}).await.is_ok() }
+                        let mut request = tonic::Request::new(pb::StatusRequest {});
+                        attach(&mut request, token.as_deref());
+                        async move { client.status(request).await.is_ok() }
                     }
                 })
                 .await?
@@ -346,6 +354,7 @@ pub async fn run(args: LoadtestArgs) -> Result<()> {
             pb::coordinator_client::CoordinatorClient::new(channels[i % channels.len()].clone());
         let (seeds, mode, question) = (seeds.clone(), args.mode, question.clone());
         let subquestions = subquestions.clone();
+        let token = args.token.clone();
         move || {
             let mut client = client.clone();
             let mut seed = seeds.fetch_add(1, Ordering::Relaxed);
@@ -363,6 +372,8 @@ pub async fn run(args: LoadtestArgs) -> Result<()> {
                 want_trace: false,
             }
             .encode();
+            let mut request = tonic::Request::new(request);
+            attach(&mut request, token.as_deref());
             let subquestions = subquestions.clone();
             async move {
                 let reply = client.ask(request).await.ok();
