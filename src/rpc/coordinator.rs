@@ -88,7 +88,7 @@ impl AskQuery {
         let domain: DomainKind = request.domain.parse()?;
         let instance = match request.instance {
             Some(pb::ask_request::Instance::InstanceText(text)) => {
-                check_len("instance text", &text, limits::MAX_FACTS_BYTES)?;
+                limits::check_bytes("instance text", &text, limits::MAX_FACTS_BYTES)?;
                 InstanceSpec::Text(text)
             }
             Some(pb::ask_request::Instance::Generated(g)) => {
@@ -104,7 +104,7 @@ impl AskQuery {
                 ))
             }
         };
-        check_len("question", &request.question, limits::MAX_QUESTION_BYTES)?;
+        limits::check_bytes("question", &request.question, limits::MAX_QUESTION_BYTES)?;
         let mode = if request.mode.is_empty() {
             Mode::Amplified
         } else {
@@ -179,16 +179,6 @@ impl AskQuery {
     ) -> Result<D::Question, ServiceError> {
         Ok(domain::parse_question_for(domain, facts, &self.question)?)
     }
-}
-
-fn check_len(what: &str, text: &str, limit: usize) -> Result<(), ServiceError> {
-    if text.len() > limit {
-        return Err(ServiceError::invalid(format!(
-            "{what} is {} bytes; the limit is {limit}",
-            text.len()
-        )));
-    }
-    Ok(())
 }
 
 /// A response the server sent that this client cannot read.
@@ -425,7 +415,7 @@ impl TraceRequest {
                 "tree_id is empty: pass the id an Ask returned",
             ));
         }
-        check_len("tree_id", &request.tree_id, MAX_TREE_ID_BYTES)?;
+        limits::check_bytes("tree_id", &request.tree_id, MAX_TREE_ID_BYTES)?;
         Ok(Self {
             tree_id: request.tree_id,
         })

@@ -42,6 +42,32 @@ pub mod limits {
     pub const MAX_BATCH_INSTANCES: usize = 1024;
     /// Largest gRPC message either service accepts.
     pub const MAX_MESSAGE_BYTES: usize = 16 * 1024 * 1024;
+
+    use std::fmt::Display;
+
+    use super::ServiceError;
+
+    /// The one check of a text field's size: INVALID_ARGUMENT naming `what` (rendered only when
+    /// the check fails, so `format_args!` costs nothing on the way through).
+    pub fn check_bytes(what: impl Display, text: &str, limit: usize) -> Result<(), ServiceError> {
+        if text.len() > limit {
+            return Err(ServiceError::invalid(format!(
+                "{what} is {} bytes; the limit is {limit}",
+                text.len()
+            )));
+        }
+        Ok(())
+    }
+
+    /// The one check of a repeated field's length: INVALID_ARGUMENT naming `what`.
+    pub fn check_count(what: &str, count: usize, limit: usize) -> Result<(), ServiceError> {
+        if count > limit {
+            return Err(ServiceError::invalid(format!(
+                "{count} {what} in one call; the limit is {limit}"
+            )));
+        }
+        Ok(())
+    }
 }
 
 /// Parses a `grpc-timeout` header value (`<digits><unit>`, unit one of H M S m u n).

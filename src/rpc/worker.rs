@@ -111,20 +111,12 @@ impl AnswerCall {
 
     pub fn decode(request: pb::AnswerRequest) -> Result<Self, ServiceError> {
         let domain: DomainKind = request.domain.parse()?;
-        if request.items.len() > limits::MAX_BATCH_ITEMS {
-            return Err(ServiceError::invalid(format!(
-                "{} items in one call; the limit is {}",
-                request.items.len(),
-                limits::MAX_BATCH_ITEMS
-            )));
-        }
-        if request.instances.len() > limits::MAX_BATCH_INSTANCES {
-            return Err(ServiceError::invalid(format!(
-                "{} instances in one call; the limit is {}",
-                request.instances.len(),
-                limits::MAX_BATCH_INSTANCES
-            )));
-        }
+        limits::check_count("items", request.items.len(), limits::MAX_BATCH_ITEMS)?;
+        limits::check_count(
+            "instances",
+            request.instances.len(),
+            limits::MAX_BATCH_INSTANCES,
+        )?;
         let instances = request
             .instances
             .into_iter()
@@ -137,13 +129,11 @@ impl AnswerCall {
                         facts.id.len()
                     ))
                 })?;
-                if facts.text.len() > limits::MAX_FACTS_BYTES {
-                    return Err(ServiceError::invalid(format!(
-                        "instance {i}: facts text is {} bytes; the limit is {}",
-                        facts.text.len(),
-                        limits::MAX_FACTS_BYTES
-                    )));
-                }
+                limits::check_bytes(
+                    format_args!("instance {i}: facts text"),
+                    &facts.text,
+                    limits::MAX_FACTS_BYTES,
+                )?;
                 Ok(FactsRef {
                     id,
                     text: Some(facts.text).filter(|t| !t.is_empty()),
@@ -162,13 +152,11 @@ impl AnswerCall {
                         instances.len()
                     )));
                 }
-                if item.question.len() > limits::MAX_QUESTION_BYTES {
-                    return Err(ServiceError::invalid(format!(
-                        "item {i}: question is {} bytes; the limit is {}",
-                        item.question.len(),
-                        limits::MAX_QUESTION_BYTES
-                    )));
-                }
+                limits::check_bytes(
+                    format_args!("item {i}: question"),
+                    &item.question,
+                    limits::MAX_QUESTION_BYTES,
+                )?;
                 Ok(CallItem {
                     instance: item.instance,
                     question: item.question,

@@ -243,12 +243,10 @@ impl<D: Domain + Copy> RemoteAmplifier<D> {
             budget: Budget::default(),
             want_trace: true,
         };
-        let mut request = tonic::Request::new(query.encode());
-        crate::coordinator::auth::attach(&mut request, self.token.as_deref());
         let response = self
             .client
             .clone()
-            .ask(request)
+            .ask(self.request(query.encode()))
             .await
             .map_err(|s| coordinator_error(s.into()))?;
         let reply = AskReply::decode(response.into_inner()).map_err(coordinator_error)?;
@@ -272,13 +270,18 @@ impl<D: Domain + Copy> RemoteAmplifier<D> {
         })
     }
 
-    async fn status(&self) -> Result<CoordinatorStatus, TrainError> {
-        let mut request = tonic::Request::new(pb::StatusRequest {});
+    /// A call to the coordinator, carrying the token if there is one.
+    fn request<T>(&self, message: T) -> tonic::Request<T> {
+        let mut request = tonic::Request::new(message);
         crate::coordinator::auth::attach(&mut request, self.token.as_deref());
+        request
+    }
+
+    async fn status(&self) -> Result<CoordinatorStatus, TrainError> {
         let response = self
             .client
             .clone()
-            .status(request)
+            .status(self.request(pb::StatusRequest {}))
             .await
             .map_err(|s| coordinator_error(s.into()))?;
         CoordinatorStatus::decode(response.into_inner()).map_err(coordinator_error)
