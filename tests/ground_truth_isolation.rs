@@ -29,7 +29,7 @@ async fn amplified_targets_never_consult_the_ground_truth() {
     )
     .unwrap();
     let g0 = run.initialise(&mut |_| {}).unwrap();
-    let source = LocalAmplifier::start(domain, run.registry().clone(), &g0).unwrap();
+    let source = LocalAmplifier::start(domain, run.registry().clone(), &g0, false).unwrap();
     let records = run.train(&source, stop, &mut |_| {}).await.unwrap();
     assert_eq!(records.len(), 2);
     for r in &records {

@@ -39,15 +39,28 @@ pub struct RunArgs {
     /// Curriculum: size increment (default: a quarter of the target size).
     #[arg(long)]
     pub size_step: Option<usize>,
-    /// Curriculum: held-out accuracy at the current size that moves to the next size.
-    #[arg(long, default_value_t = 0.9)]
+    /// Curriculum: the teacher's agreement with a round's amplified targets that moves to the
+    /// next stage (the paper's 85%).
+    #[arg(long, default_value_t = 0.85)]
     pub advance_at: f64,
-    /// Curriculum: within each size, raise the root questions' difficulty one level at a time.
+    /// Curriculum: within each size, raise the root questions' difficulty one level at a time
+    /// (permutation and wildcard, whose difficulty shows in the question).
     #[arg(long)]
     pub difficulty_curriculum: bool,
     /// Root questions amplified per round.
     #[arg(long, default_value_t = 512)]
     pub roots: usize,
+    /// Root questions asked about each fresh instance.
+    #[arg(long, default_value_t = 4)]
+    pub questions_per_instance: usize,
+    /// The teacher (what is published and amplifies) is a moving average of the student over
+    /// at most this many steps; 0: the student itself.
+    #[arg(long, default_value_t = 1000)]
+    pub ema_horizon: u64,
+    /// Make the run a function of its settings alone (bit for bit on this machine): every model
+    /// query in a forward pass of its own. Slower; needs --local.
+    #[arg(long)]
+    pub reproducible: bool,
     /// Below each root, amplify a random path of subquestions this many levels deep (targets
     /// at every depth of the trees X answers in).
     #[arg(long, default_value_t = 16)]
@@ -100,6 +113,8 @@ impl RunArgs {
             advance_at: self.advance_at,
             difficulty_curriculum: self.difficulty_curriculum,
             roots_per_round: self.roots,
+            questions_per_instance: self.questions_per_instance,
+            reproducible: self.reproducible,
             descent: self.descent,
             roots_per_part: self.roots_per_part,
             steps_per_round: self.steps,
@@ -115,6 +130,7 @@ impl RunArgs {
                 grad_clip: 1.0,
                 replay_window: self.replay_window,
                 seed: self.seed,
+                ema_horizon: self.ema_horizon,
             },
         }
     }
@@ -274,18 +290,22 @@ impl ProgressView {
                 self.clear();
                 if !self.table_header_done {
                     eprintln!(
-                        "{:>4} {:>4} {:>4} {:>7} {:>6} {:>9} {:>10} {:>9} {:>6} {:>8} {:>7}",
+                        "{:>4} {:>4} {:>4} {:>7} {:>6} | {:>6} {:>13} {:>8} | {:>10} {:>9} {:>6}",
                         "gen",
                         "size",
                         "diff",
                         "targets",
                         "steps",
-                        "acc@size",
+                        "agree",
+                        "gate new/old",
+                        "promoted",
                         "acc@target",
                         "amplified",
-                        "gap",
-                        "promoted",
                         "time"
+                    );
+                    eprintln!(
+                        "{:>31} | decided by (no truth) {:>9} | reported (truth)",
+                        "", ""
                     );
                     self.table_header_done = true;
                 }
@@ -303,20 +323,23 @@ fn table_row(r: &RoundRecord) -> String {
             "-".into()
         }
     };
+    let opt = |x: Option<f64>| x.map_or_else(|| "-".to_string(), pct);
     format!(
-        "{:>4} {:>4} {:>4} {:>7} {:>6} {:>9} {:>10} {:>9} {:>6} {:>8} {:>6.0}s",
+        "{:>4} {:>4} {:>4} {:>7} {:>6} | {:>6} {:>13} {:>8} | {:>10} {:>9} {:>5.0}s",
         format!("g{}", r.generation),
         r.size,
         r.max_difficulty
             .map_or_else(|| "all".to_string(), |d| format!("≤{d}")),
         r.targets,
         r.steps,
-        pct(r.accuracy),
-        pct(r.accuracy_target),
-        r.amplified_target.map_or_else(|| "-".into(), pct),
-        r.gap
-            .map_or_else(|| "-".into(), |gap| format!("{:+.1}", 100.0 * gap)),
+        opt(r.agreement),
+        match (r.gate_agreement, r.gate_reference) {
+            (Some(a), Some(b)) => format!("{}/{}", pct(a), pct(b)),
+            _ => "-".to_string(),
+        },
         if r.promoted { "yes" } else { "no" },
+        pct(r.accuracy_target),
+        opt(r.amplified_target),
         r.wall_seconds
     )
 }
@@ -359,6 +382,13 @@ pub(super) async fn train_run<D: Domain + Copy>(
     let mut on = |p: Progress| view.on(p);
     run.initialise(&mut on)?;
     let mut cluster = None;
+    let reproducible = run.config().reproducible;
+    if reproducible && !run.config().supervised && !engine.local {
+        bail!(
+            "a reproducible run evaluates its trees in this process: add --local (workers batch \
+             queries by timing)"
+        );
+    }
     let source: Box<dyn TargetSource<D>> = if run.config().supervised {
         Box::new(GroundTruth::new(domain))
     } else if engine.local {
@@ -368,6 +398,7 @@ pub(super) async fn train_run<D: Domain + Copy>(
             domain,
             run.registry().clone(),
             &manifest,
+            reproducible,
         )?)
     } else {
         let address = match &engine.coordinator {

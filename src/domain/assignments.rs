@@ -175,7 +175,7 @@ impl Domain for Assignments {
         Var(rng.below(facts.size()) as u8)
     }
 
-    fn difficulty(&self, facts: &Facts, question: &Var) -> u32 {
+    fn compute_difficulty(&self, facts: &Facts, question: &Var) -> u32 {
         facts
             .depths()
             .get(question.0 as usize)

@@ -24,6 +24,7 @@ use std::fmt::{self, Debug};
 use std::future::Future;
 use std::hash::Hash;
 use std::str::FromStr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use sha2::{Digest, Sha256};
@@ -35,13 +36,38 @@ use crate::eval::Ask;
 use crate::rng::Rng;
 use crate::text::ParseError;
 
-/// Calls of [`Domain::truth`] in this process, over all domains.
-static TRUTH_CALLS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+/// Calls of [`Domain::truth`] and [`Domain::difficulty`] in this process, over all domains.
+static TRUTH_CALLS: AtomicU64 = AtomicU64::new(0);
 
-/// How many times the ground truth has been consulted in this process (any domain, any thread).
-/// Amplification must not move it; see the ground-truth isolation test.
+/// While non-zero, the seed of a stream of random answers that replace the ground truth (see
+/// [`poison_truth`]).
+static POISON: AtomicU64 = AtomicU64::new(0);
+
+/// How many times the ground truth (the true answer, or a difficulty only a solver knows) has been
+/// consulted in this process (any domain, any thread). Amplification must not move it; see the
+/// ground-truth isolation test.
 pub fn truth_calls() -> u64 {
-    TRUTH_CALLS.load(std::sync::atomic::Ordering::Relaxed)
+    TRUTH_CALLS.load(Ordering::Relaxed)
+}
+
+/// Replaces the ground truth in this whole process, from now on, by random answers and random
+/// difficulties (`seed` picks the stream; 0 restores the truth). A test fixture: a training run
+/// whose decisions come from H, the facts and the models alone makes the same decisions, targets
+/// and weights with the truth poisoned as without (`tests/ground_truth_isolation.rs`); only its
+/// reported accuracies change.
+#[doc(hidden)]
+pub fn poison_truth(seed: u64) {
+    POISON.store(seed, Ordering::SeqCst);
+}
+
+/// A random draw for a poisoned truth call (see [`poison_truth`]), or `None` when the truth is
+/// not poisoned.
+fn poisoned_draw() -> Option<u64> {
+    static DRAWS: AtomicU64 = AtomicU64::new(0);
+    match POISON.load(Ordering::Relaxed) {
+        0 => None,
+        seed => Some(Rng::derived(seed, DRAWS.fetch_add(1, Ordering::Relaxed)).next_u64()),
+    }
 }
 
 /// The largest size any domain generates: the paper's full size, 64 symbols.
@@ -79,9 +105,30 @@ pub trait Domain: Debug + Send + Sync + Sized + 'static {
     /// A random root question about `facts`, as the paper's training distribution draws them.
     fn sample_question(&self, facts: &Self::Facts, rng: &mut Rng) -> Self::Question;
 
-    /// A small integer that orders questions by difficulty (the number of wildcards, the power,
-    /// ...), used to bucket accuracy.
-    fn difficulty(&self, facts: &Self::Facts, question: &Self::Question) -> u32;
+    /// A small integer that orders questions by difficulty (the number of wildcards, the depth in
+    /// the forest, the distance, ...), used to bucket reported accuracy. Where it needs a solver
+    /// (a depth, a distance), it is ground truth: like [`Domain::truth`], every call is counted,
+    /// and nothing the training loop decides may read it. Call this; domains implement
+    /// [`Domain::compute_difficulty`].
+    fn difficulty(&self, facts: &Self::Facts, question: &Self::Question) -> u32 {
+        TRUTH_CALLS.fetch_add(1, Ordering::Relaxed);
+        match poisoned_draw() {
+            Some(draw) => (draw % 8) as u32,
+            None => self.compute_difficulty(facts, question),
+        }
+    }
+
+    /// The difficulty itself, which each domain implements (see [`Domain::difficulty`]).
+    fn compute_difficulty(&self, facts: &Self::Facts, question: &Self::Question) -> u32;
+
+    /// The difficulty as it shows in the question's text alone (the number of `*` in a wildcard
+    /// pattern, the bit length of a permutation's exponent), or `None` where the domain's
+    /// difficulty cannot be seen without solving the instance. It takes no facts, so it cannot
+    /// consult a solver: this is the only difficulty the training curriculum may cap questions by.
+    fn visible_difficulty(&self, question: &Self::Question) -> Option<u32> {
+        let _ = question;
+        None
+    }
 
     /// Whether `question` is well formed for these facts (names symbols that exist, ...). Text
     /// parsing checks syntax only; this checks meaning.
@@ -91,8 +138,15 @@ pub trait Domain: Debug + Send + Sync + Sized + 'static {
     /// must never feed the target-producing path of amplification. Every call is counted
     /// ([`truth_calls`]), which is how a test proves that it does not.
     fn truth(&self, facts: &Self::Facts, question: &Self::Question) -> Self::Answer {
-        TRUTH_CALLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        self.compute_truth(facts, question)
+        TRUTH_CALLS.fetch_add(1, Ordering::Relaxed);
+        let Some(draw) = poisoned_draw() else {
+            return self.compute_truth(facts, question);
+        };
+        // Poisoned (a test fixture): some answer of the vocabulary, at random.
+        let classes = self.answer_classes() as u64;
+        (0..classes)
+            .find_map(|i| self.class_answer(((draw + i) % classes) as usize))
+            .unwrap_or_else(|| self.compute_truth(facts, question))
     }
 
     /// The ground truth itself, which each domain implements. Call [`Domain::truth`] instead, so

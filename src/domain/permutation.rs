@@ -88,8 +88,13 @@ impl Domain for Permutation {
         Power { x, k }
     }
 
-    fn difficulty(&self, _facts: &Facts, question: &Power) -> u32 {
+    fn compute_difficulty(&self, _facts: &Facts, question: &Power) -> u32 {
         u8::BITS - question.k.leading_zeros()
+    }
+
+    /// Visible in the text: the bit length of the exponent.
+    fn visible_difficulty(&self, question: &Power) -> Option<u32> {
+        Some(u8::BITS - question.k.leading_zeros())
     }
 
     fn check_question(&self, facts: &Facts, question: &Power) -> Result<(), String> {

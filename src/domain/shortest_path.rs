@@ -253,7 +253,7 @@ impl Domain for ShortestPath {
         }
     }
 
-    fn difficulty(&self, facts: &Facts, question: &Question) -> u32 {
+    fn compute_difficulty(&self, facts: &Facts, question: &Question) -> u32 {
         let (a, b) = question.pair();
         facts.distances_to(b)[a as usize].map_or(facts.vertices() as u32, u32::from)
     }

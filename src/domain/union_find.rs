@@ -364,7 +364,7 @@ impl Domain for UnionFind {
         }
     }
 
-    fn difficulty(&self, facts: &Facts, question: &Question) -> u32 {
+    fn compute_difficulty(&self, facts: &Facts, question: &Question) -> u32 {
         facts.depth[question.variable() as usize] as u32
     }
 

@@ -164,8 +164,13 @@ impl Domain for Wildcard {
         Pattern { care, bits }
     }
 
-    fn difficulty(&self, _facts: &Facts, question: &Pattern) -> u32 {
+    fn compute_difficulty(&self, _facts: &Facts, question: &Pattern) -> u32 {
         question.stars()
+    }
+
+    /// Visible in the text: the number of `*`.
+    fn visible_difficulty(&self, question: &Pattern) -> Option<u32> {
+        Some(question.stars())
     }
 
     fn check_question(&self, _facts: &Facts, question: &Pattern) -> Result<(), String> {

@@ -299,6 +299,9 @@ pub struct Ask<'a, D: Domain> {
     depth: u32,
     parent: NodeId,
     asked: &'a AtomicU32,
+    /// H is only being asked whether it can answer from the facts alone (see
+    /// `TreeState::simple`): a subquestion is counted and never answered.
+    probe: bool,
 }
 
 impl<D: Domain> Clone for Ask<'_, D> {
@@ -313,6 +316,9 @@ impl<'a, D: Domain> Ask<'a, D> {
     /// Asks one subquestion. `None` is an unknown answer.
     pub fn one(&self, question: D::Question) -> BoxFuture<'a, Option<D::Answer>> {
         self.asked.fetch_add(1, Ordering::Relaxed);
+        if self.probe {
+            return Box::pin(std::future::pending());
+        }
         self.tree.eval(question, self.depth, Some(self.parent))
     }
 
@@ -484,7 +490,10 @@ impl<D: Domain> TreeState<D> {
         }
         if depth >= self.depth_limit {
             return if depth >= self.leaf_depth {
-                self.leaf(question, None).await
+                match self.simple(question, depth, id) {
+                    Some(answer) => (answer, AnsweredBy::Simple, None),
+                    None => self.leaf(question, None).await,
+                }
             } else {
                 Box::pin(self.degrade(question, Exhausted::Depth)).await
             };
@@ -495,6 +504,7 @@ impl<D: Domain> TreeState<D> {
             depth: depth + 1,
             parent: id,
             asked: &asked,
+            probe: false,
         };
         let answer = self
             .domain
@@ -506,6 +516,34 @@ impl<D: Domain> TreeState<D> {
             AnsweredBy::Simple
         };
         (answer, by, None)
+    }
+
+    /// H's answer to a subquestion it can answer from the facts alone, without asking anything
+    /// (a fact lookup), as the paper's overseer does (`answer_if_simple`): such a leaf is H's, not
+    /// the answerer's, whatever the mode. `None` if H would ask. The root (depth 0) is never
+    /// answered this way, so distilled mode stays the answerer alone.
+    ///
+    /// H is run once with an [`Ask`] that records subquestions without answering them: finishing
+    /// on the first poll without having asked means H answered from the facts. H has no side
+    /// effects, so the abandoned probe of a question that is not simple leaves nothing behind.
+    fn simple(&self, question: &D::Question, depth: u32, id: NodeId) -> Option<Option<D::Answer>> {
+        if depth == 0 {
+            return None;
+        }
+        let asked = AtomicU32::new(0);
+        let ask = Ask {
+            tree: self,
+            depth: depth + 1,
+            parent: id,
+            asked: &asked,
+            probe: true,
+        };
+        let answer = futures::FutureExt::now_or_never(self.domain.oversee(
+            self.instance.facts(),
+            question,
+            ask,
+        ))?;
+        (asked.load(Ordering::Relaxed) == 0).then_some(answer)
     }
 
     /// A budget ran out at this node: the answerer answers if there is one, else unknown.

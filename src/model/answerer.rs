@@ -15,6 +15,7 @@ use crate::domain::Domain;
 pub struct ModelAnswerer<D: Domain> {
     model: Arc<Mutex<Model<D>>>,
     id: AnswererId,
+    one_by_one: bool,
 }
 
 impl<D: Domain> ModelAnswerer<D> {
@@ -25,6 +26,18 @@ impl<D: Domain> ModelAnswerer<D> {
         Self {
             model: Arc::new(Mutex::new(model)),
             id,
+            one_by_one: false,
+        }
+    }
+
+    /// Answers each query of a batch in a forward pass of its own. Slower, but a query's answer
+    /// then cannot depend on which other queries shared its batch (matrix kernels may sum in
+    /// another order for another batch shape, and a near tie may flip), so a run that batches by
+    /// timing still computes the same answers: what a reproducible training run needs.
+    pub fn one_by_one(self) -> Self {
+        Self {
+            one_by_one: true,
+            ..self
         }
     }
 
@@ -41,11 +54,16 @@ impl<D: Domain + Clone> Answerer<D> for ModelAnswerer<D> {
 
     fn answer(&self, batch: Vec<Query<D>>) -> BoxFuture<'_, Answers<D::Answer>> {
         let model = self.model.clone();
+        let one_by_one = self.one_by_one;
         Box::pin(async move {
             tokio::task::spawn_blocking(move || {
                 let queries: Vec<_> = batch.iter().map(|q| (&q.instance, &q.question)).collect();
                 let model = model.lock().unwrap_or_else(|p| p.into_inner());
-                model.predict(&queries)
+                if one_by_one {
+                    queries.iter().flat_map(|q| model.predict(&[*q])).collect()
+                } else {
+                    model.predict(&queries)
+                }
             })
             .await
             .map(Ok)

@@ -95,12 +95,20 @@ pub struct LocalAmplifier<D: Domain + Copy> {
     registry: Registry,
     answerer: Arc<BatchedAnswerer<D>>,
     evaluator: Evaluator<D>,
+    reproducible: bool,
 }
 
 impl<D: Domain + Copy> LocalAmplifier<D> {
-    /// Starts on the current tokio runtime, serving `manifest`'s generation.
-    pub fn start(domain: D, registry: Registry, manifest: &Manifest) -> Result<Self, TrainError> {
-        let first = load_answerer(domain, &registry, manifest)?;
+    /// Starts on the current tokio runtime, serving `manifest`'s generation. With `reproducible`,
+    /// each model query is a forward pass of its own, so that the targets do not depend on how
+    /// timing groups queries into batches (a run's `reproducible` setting).
+    pub fn start(
+        domain: D,
+        registry: Registry,
+        manifest: &Manifest,
+        reproducible: bool,
+    ) -> Result<Self, TrainError> {
+        let first = load_answerer(domain, &registry, manifest, reproducible)?;
         let answerer = Arc::new(BatchedAnswerer::start(first, local_batching()));
         let evaluator = Evaluator::new(
             domain,
@@ -112,6 +120,7 @@ impl<D: Domain + Copy> LocalAmplifier<D> {
             registry,
             answerer,
             evaluator,
+            reproducible,
         })
     }
 }
@@ -120,6 +129,7 @@ fn load_answerer<D: Domain + Copy>(
     domain: D,
     registry: &Registry,
     manifest: &Manifest,
+    one_by_one: bool,
 ) -> Result<Arc<dyn Answerer<D>>, TrainError> {
     let loaded = generation::load(
         registry,
@@ -128,7 +138,12 @@ fn load_answerer<D: Domain + Copy>(
         crate::model::pick_device(),
     )?;
     let id = loaded.answerer_id();
-    Ok(Arc::new(ModelAnswerer::new(loaded.model, id)))
+    let answerer = ModelAnswerer::new(loaded.model, id);
+    Ok(Arc::new(if one_by_one {
+        answerer.one_by_one()
+    } else {
+        answerer
+    }))
 }
 
 /// Amplify(H, answerer) on each task with `evaluator`, keeping the root's subquestions.
@@ -187,7 +202,7 @@ impl<D: Domain + Copy> TargetSource<D> for LocalAmplifier<D> {
 
     fn serve<'a>(&'a self, manifest: &'a Manifest) -> BoxFuture<'a, Result<(), TrainError>> {
         Box::pin(async move {
-            let next = load_answerer(self.domain, &self.registry, manifest)?;
+            let next = load_answerer(self.domain, &self.registry, manifest, self.reproducible)?;
             self.answerer.replace(next);
             Ok(())
         })

@@ -11,7 +11,7 @@ use crate::model::config::ModelConfig;
 use crate::model::distill::TrainConfig;
 
 /// The run settings format this build writes and reads.
-pub const RUN_FORMAT: u32 = 1;
+pub const RUN_FORMAT: u32 = 2;
 pub const RUN_FILE: &str = "run.json";
 
 /// Held-out instances are generated from seeds at or above this; training seeds stay below.
@@ -29,18 +29,29 @@ pub struct RunConfig {
     pub supervised: bool,
     pub seed: u64,
     /// Curriculum: instance sizes from `start_size` up to `target_size` in steps of `size_step`,
-    /// advancing when held-out accuracy at the current size reaches `advance_at`.
+    /// advancing when the teacher agrees with the amplified targets of a round on at least
+    /// `advance_at` of its root questions (the paper uses 85%).
     pub start_size: usize,
     pub target_size: usize,
     pub size_step: usize,
     pub advance_at: f64,
     /// Within each size, also raise the questions' difficulty one level at a time (starting at
-    /// the easiest), by the same threshold: H's decompositions make a level's targets right only
-    /// once X is right one level below, so training on levels X cannot support yet mostly
-    /// teaches it wrong answers.
+    /// the easiest), by the same rule: H's decompositions make a level's targets right only once
+    /// X is right one level below, so training on levels X cannot support yet mostly teaches it
+    /// wrong answers. Only for domains whose difficulty shows in a question's text
+    /// ([`Domain::visible_difficulty`]: permutation, wildcard); elsewhere it would take a solver.
     pub difficulty_curriculum: bool,
     /// Root questions amplified per round.
     pub roots_per_round: usize,
+    /// Root questions asked about each fresh instance (as the paper asks many per instance: the
+    /// trees share a memo, and a batch encodes the facts once).
+    pub questions_per_instance: usize,
+    /// Answer every model query of the run in a forward pass of its own, so that the run is a
+    /// function of its settings alone: the same targets and weights bit for bit on the same
+    /// machine and thread count, whatever the timing of batches (see
+    /// [`ModelAnswerer::one_by_one`](crate::model::answerer::ModelAnswerer::one_by_one)).
+    /// Slower; for the in-process target source only.
+    pub reproducible: bool,
     /// Below each root, a random path of subquestions this many levels deep is amplified too.
     pub descent: usize,
     /// Roots per committed store part.
@@ -76,9 +87,23 @@ impl RunConfig {
                 self.start_size, self.target_size
             ));
         }
+        if self.difficulty_curriculum {
+            let facts = domain
+                .generate(self.start_size, 0)
+                .map_err(|e| e.to_string())?;
+            let question = domain.sample_question(&facts, &mut crate::rng::Rng::new(0));
+            if domain.visible_difficulty(&question).is_none() {
+                return Err(format!(
+                    "the difficulty curriculum needs a difficulty that shows in the question's \
+                     text, and {}'s does not (it takes a solver); use the size curriculum alone",
+                    self.domain
+                ));
+            }
+        }
         let positive = [
             ("size step", self.size_step),
             ("roots per round", self.roots_per_round),
+            ("questions per instance", self.questions_per_instance),
             ("roots per part", self.roots_per_part),
             ("steps per round", self.steps_per_round),
             ("held-out questions", self.heldout),

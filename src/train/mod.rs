@@ -65,6 +65,7 @@ pub mod decide;
 pub mod report;
 pub mod store;
 
+mod checkpoint;
 mod config;
 mod error;
 mod evaluate;

@@ -41,7 +41,15 @@ pub struct RoundRecord {
     pub steps: u64,
     /// Mean training loss of the round (`None` for generation 0, or if it was not finite).
     pub loss: Option<f64>,
-    /// Held-out accuracy at this round's stage and at the target size.
+    /// What the loop decided by (H and the models only, never the truth; `None` for generation
+    /// 0): the agreement of the teacher that amplified this round (X_n) with the round's amplified
+    /// targets on its fresh root questions (the curriculum's measure), and the gate's: this
+    /// generation's and X_n's agreement with Amplify(H, X_n) on held-out questions at the stage.
+    pub agreement: Option<f64>,
+    pub gate_agreement: Option<f64>,
+    pub gate_reference: Option<f64>,
+    /// Reported, never decided by: held-out accuracy against the truth at this round's stage and
+    /// at the target size.
     pub accuracy: f64,
     pub accuracy_target: f64,
     /// Accuracy of Amplify(H, this generation) at the target size, and its gap to the model alone
@@ -53,7 +61,8 @@ pub struct RoundRecord {
     pub promoted: bool,
     /// Wall time of the run so far (rounds only; time a killed run was down is not counted).
     pub wall_seconds: f64,
-    /// Ground-truth calls made while this round's targets were produced.
+    /// Ground-truth calls (true answers, or difficulties only a solver knows) made while this
+    /// round's targets were produced.
     pub truth_calls_in_targets: u64,
 }
 
@@ -159,6 +168,9 @@ mod tests {
             targets_total: 2400,
             steps: 0,
             loss: Some(0.75),
+            agreement: Some(0.9),
+            gate_agreement: Some(0.8),
+            gate_reference: Some(0.7),
             accuracy: 0.875,
             accuracy_target: 0.5,
             amplified_target: None,

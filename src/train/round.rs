@@ -6,14 +6,14 @@ use std::time::Instant;
 
 use super::amplify::TargetSource;
 use super::decide::{self, Stage};
-use super::evaluate::HeldOut;
+use super::checkpoint::Checkpoints;
+use super::evaluate::Judge;
 use super::record::{by_difficulty, finite, read_record};
 use super::targets::InstanceCache;
 use super::{Progress, RoundRecord, Run, StopAt, TrainError};
 use crate::domain::{self, Domain};
 use crate::model::distill::{ReplayBuffer, Trainer};
 use crate::model::generation;
-use crate::model::Model;
 use crate::registry::{Manifest, Registry};
 
 /// The model being trained and what it trains on, carried from one round to the next.
@@ -49,12 +49,12 @@ impl<D: Domain + Copy> Run<D> {
         let current = self.registry.current()?.unwrap_or(0);
         source.serve(&self.registry.load(current)?.manifest).await?;
         let mut student = self.resume_student(&latest)?;
-        let mut heldout = HeldOut::new(self.heldout(self.config.target_size)?);
+        let mut judge = Judge::new(self.heldout(self.config.target_size)?);
         let mut last = read_record(&self.registry, &latest)?;
         let mut records = Vec::new();
         while !decide::stop(&stop, &last, self.registry.current().ok().flatten()) {
             last = self
-                .round(source, &mut student, &mut heldout, &last, progress)
+                .round(source, &mut student, &mut judge, &last, progress)
                 .await?;
             records.push(last.clone());
         }
@@ -82,8 +82,11 @@ impl<D: Domain + Copy> Run<D> {
         )))
     }
 
-    /// The student continues from the newest generation, promoted or not, with a replay window
-    /// refilled from the store (Adam's moments are not saved: they restart).
+    /// The student continues where the newest generation's round left it: its weights, Adam's
+    /// moments, the teacher and the sampler from the checkpoint (see [`checkpoint`]), with a
+    /// replay window refilled from the store. Generation 0 starts a fresh trainer.
+    ///
+    /// [`checkpoint`]: super::checkpoint
     fn resume_student(&self, latest: &Manifest) -> Result<Student<D>, TrainError> {
         let loaded = generation::load(
             &self.registry,
@@ -91,9 +94,31 @@ impl<D: Domain + Copy> Run<D> {
             self.domain,
             crate::model::pick_device(),
         )?;
+        let config = self.config.train.clone();
+        let checkpoint = if latest.generation == 0 {
+            None
+        } else {
+            let model = loaded.model.duplicate()?;
+            self.checkpoints()?
+                .load(latest.generation, model, config.clone())?
+        };
+        let trainer = match checkpoint {
+            Some(trainer) => trainer,
+            None if latest.generation == 0 => Trainer::new(loaded.model, config)?,
+            None => {
+                // Only if the checkpoint was removed by hand: the run goes on from the published
+                // (teacher's) weights with a fresh optimiser, no longer exactly as it would have.
+                tracing::warn!(
+                    generation = latest.generation,
+                    "no checkpoint of the newest generation: the student restarts from its \
+                     published weights with a fresh optimiser"
+                );
+                Trainer::new(loaded.model, config)?
+            }
+        };
         let mut student = Student {
             steps: loaded.manifest.training_steps,
-            trainer: Trainer::new(loaded.model, self.config.train.clone())?,
+            trainer,
             replay: ReplayBuffer::new(self.config.train.replay_window),
             instances: InstanceCache::default(),
         };
@@ -104,13 +129,18 @@ impl<D: Domain + Copy> Run<D> {
         Ok(student)
     }
 
-    /// Round n: the stage `last` chose, targets from X_n, the student distilled on them,
-    /// evaluated, gated against X_n, and published as generation n+1 with the stage of round n+1.
+    fn checkpoints(&self) -> Result<Checkpoints, TrainError> {
+        Checkpoints::open(self.dir.join("checkpoints"))
+    }
+
+    /// Round n: the stage `last` chose, targets from X_n, the student distilled on them, its
+    /// teacher gated against X_n, and published as generation n+1 with the stage of round n+1.
+    /// Every decision reads agreements with amplified answers; the truth only fills the report.
     async fn round(
         &mut self,
         source: &dyn TargetSource<D>,
         student: &mut Student<D>,
-        heldout: &mut HeldOut<D>,
+        judge: &mut Judge<D>,
         last: &RoundRecord,
         progress: &mut dyn FnMut(Progress),
     ) -> Result<RoundRecord, TrainError> {
@@ -127,22 +157,24 @@ impl<D: Domain + Copy> Run<D> {
         let targets = self
             .produce_targets(source, student, round, stage, progress)
             .await?;
+        let agreement = self.teacher_agreement(judge, amplifier, round, stage)?;
         let loss = self.distill(student, progress).await;
         progress(Progress::Evaluating);
-        let evaluation = self
-            .evaluate(student.trainer.model(), heldout, stage)
+        let candidate = student.trainer.teacher();
+        let verdict = self
+            .gate_measure(judge, candidate, amplifier, stage)
             .await?;
-        let promoted = self.gate(heldout, amplifier, stage, evaluation.accuracy)?;
-        let next = decide::next_stage(
-            &self.config.curriculum(),
-            stage,
-            promoted,
-            evaluation.accuracy,
-            evaluation.hardest,
+        let promoted = decide::promote(
+            verdict.agreement,
+            verdict.reference,
+            self.config.gate_tolerance,
         );
+        let hardest = self.hardest(judge, stage.size)?;
+        let next = decide::next_stage(&self.config.curriculum(), stage, agreement, hardest);
 
-        let at_target = evaluation.at_target.fraction();
-        let amplified_target = finite(evaluation.amplified_target);
+        let report = self.report(candidate, judge, stage).await?;
+        let at_target = report.at_target.fraction();
+        let amplified_target = finite(report.amplified_target);
         let record = RoundRecord {
             generation: 0, // filled in by publishing
             round: Some(round),
@@ -156,16 +188,19 @@ impl<D: Domain + Copy> Run<D> {
             targets_total: self.store.rows(),
             steps: student.steps,
             loss: finite(loss),
-            accuracy: evaluation.accuracy,
+            agreement: Some(agreement),
+            gate_agreement: Some(verdict.agreement),
+            gate_reference: Some(verdict.reference),
+            accuracy: report.accuracy,
             accuracy_target: at_target,
             amplified_target,
             gap: amplified_target.map(|a| a - at_target),
-            by_difficulty: by_difficulty(&evaluation.at_target),
+            by_difficulty: by_difficulty(&report.at_target),
             promoted,
             wall_seconds: last.wall_seconds + started.elapsed().as_secs_f64(),
             truth_calls_in_targets: targets.truth_calls,
         };
-        self.publish(source, student.trainer.model(), record, progress)
+        self.publish(source, &student.trainer, record, progress)
             .await
     }
 
@@ -221,30 +256,14 @@ impl<D: Domain + Copy> Run<D> {
         loss_sum / total as f64
     }
 
-    /// Gate: whether the student, `accuracy` at `stage`, replaces `amplifier` (X_n) as the
-    /// promoted generation; judged against X_n at the same stage.
-    fn gate(
-        &self,
-        heldout: &mut HeldOut<D>,
-        amplifier: u64,
-        stage: Stage,
-        accuracy: f64,
-    ) -> Result<bool, TrainError> {
-        let reference = self.reference_accuracy(heldout, amplifier, stage)?;
-        Ok(decide::promote(
-            accuracy,
-            reference,
-            self.config.gate_tolerance,
-        ))
-    }
-
-    /// Publish: the student becomes the next generation whatever the gate said (a rejected one
+    /// Publish: the teacher becomes the next generation whatever the gate said (a rejected one
     /// stays in the registry for the record); if promoted, it becomes current and `source`
-    /// amplifies with it from now on.
+    /// amplifies with it from now on. The trainer's checkpoint is written first, so the newest
+    /// generation always has one.
     async fn publish(
         &self,
         source: &dyn TargetSource<D>,
-        model: &Model<D>,
+        trainer: &Trainer<D>,
         record: RoundRecord,
         progress: &mut dyn FnMut(Progress),
     ) -> Result<RoundRecord, TrainError> {
@@ -257,14 +276,19 @@ impl<D: Domain + Copy> Run<D> {
                 None => "the ground truth".to_string(),
             }
         );
+        let parent = latest_generation(&self.registry)?;
+        let checkpoints = self.checkpoints()?;
+        checkpoints.save(parent + 1, trainer)?;
         let manifest = generation::publish(
             &self.registry,
-            model,
-            Some(latest_generation(&self.registry)?),
+            trainer.teacher(),
+            Some(parent),
             record.steps,
             record.to_value(),
             note,
         )?;
+        debug_assert_eq!(manifest.generation, parent + 1);
+        checkpoints.prune(manifest.generation)?;
         if record.promoted {
             self.registry.promote(manifest.generation)?;
             source.serve(&manifest).await?;

@@ -117,9 +117,15 @@ impl<D: Domain + Copy> Run<D> {
             self.config.seed,
         )?;
         let curriculum = self.config.curriculum();
-        let heldout = self.heldout(curriculum.start_size)?;
-        let stage = decide::first_stage(&curriculum, heldout.iter().map(|e| e.difficulty).min());
-        let heldout = decide::stage(&heldout, stage.max_difficulty);
+        let questions = self.heldout_questions(curriculum.start_size)?;
+        let easiest = self.difficulty_range(&questions).map(|(e, _)| e);
+        let stage = decide::first_stage(&curriculum, easiest);
+        // The report on the random weights, against the truth.
+        let heldout = decide::stage(
+            &self.heldout(curriculum.start_size)?,
+            stage.max_difficulty,
+            |e| self.domain.visible_difficulty(&e.question),
+        );
         let target = self.heldout(self.config.target_size)?;
         let accuracy = distill::evaluate(&model, &heldout, 512);
         let at_target = distill::evaluate(&model, &target, 512);
@@ -136,6 +142,9 @@ impl<D: Domain + Copy> Run<D> {
             targets_total: 0,
             steps: 0,
             loss: None,
+            agreement: None,
+            gate_agreement: None,
+            gate_reference: None,
             accuracy: accuracy.fraction(),
             accuracy_target: at_target.fraction(),
             amplified_target: None,

@@ -133,6 +133,8 @@ pub struct TargetRow {
     pub question: String,
     /// The target answer (never `?`: unknown amplified answers are not targets).
     pub answer: String,
+    /// The difficulty the question's text shows (`Domain::visible_difficulty`: the number of `*`,
+    /// the exponent's bit length); 0 in domains where only a solver could tell.
     pub difficulty: u32,
     /// Stored in the `source` column as `amplified` or `truth`.
     pub source: TargetOrigin,

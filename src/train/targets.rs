@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use super::amplify::{Produced, TargetSource, Task};
 use super::config::HELDOUT_SEED_BASE;
-use super::decide::Stage;
+use super::decide::{self, Stage};
 use super::store::{TargetOrigin, TargetRow};
 use super::{Progress, Run, TrainError};
 use crate::domain::{Domain, Instance};
@@ -109,7 +109,8 @@ impl<D: Domain + Copy> Run<D> {
             facts: d.print_facts(task.instance.facts()),
             question: d.print_question(&task.question),
             answer: d.print_answer(answer),
-            difficulty: d.difficulty(task.instance.facts(), &task.question),
+            // The difficulty the question's text shows: a solver's would be ground truth.
+            difficulty: d.visible_difficulty(&task.question).unwrap_or(0),
             source: if self.config.supervised {
                 TargetOrigin::Truth
             } else {
@@ -126,30 +127,36 @@ impl<D: Domain + Copy> Run<D> {
         false
     }
 
-    /// Root question `index` of `round`: a fresh instance from a seed derived from the run seed.
-    /// Under a difficulty cap, questions are drawn until one is at most the cap (the easiest of a
-    /// bounded number of draws otherwise).
-    fn root_task(&self, round: u64, index: u64, stage: Stage) -> Result<Task<D>, TrainError> {
+    /// Root question `index` of `round`: a fresh instance from a seed derived from the run seed,
+    /// shared by `questions_per_instance` consecutive roots. Under a difficulty cap, questions are
+    /// drawn until one is within it by its visible difficulty (the least difficult of a bounded
+    /// number of draws otherwise); nothing here consults a solver.
+    pub(super) fn root_task(
+        &self,
+        round: u64,
+        index: u64,
+        stage: Stage,
+    ) -> Result<Task<D>, TrainError> {
         let Stage {
             size,
             max_difficulty: cap,
         } = stage;
-        let mut rng = Rng::derived(self.config.seed.wrapping_add(round << 40), index);
+        let per = self.config.questions_per_instance.max(1) as u64;
+        let mut rng = Rng::derived(self.config.seed.wrapping_add(round << 40), index / per);
         let seed = rng.next_u64() % HELDOUT_SEED_BASE;
         let instance = Instance::generate(&self.domain, size, seed)
             .map_err(|e| TrainError::Config(e.to_string()))?;
         let d = &self.domain;
+        let mut rng = Rng::derived(seed, 0x9e57 + index % per);
         let mut question = d.sample_question(instance.facts(), &mut rng);
-        if let Some(cap) = cap {
-            let mut best = d.difficulty(instance.facts(), &question);
+        if cap.is_some() {
+            let visible = |q: &D::Question| d.visible_difficulty(q).unwrap_or(0);
             for _ in 0..256 {
-                if best <= cap {
+                if decide::within_cap(d, &question, cap) {
                     break;
                 }
                 let q = d.sample_question(instance.facts(), &mut rng);
-                let difficulty = d.difficulty(instance.facts(), &q);
-                if difficulty < best {
-                    best = difficulty;
+                if visible(&q) < visible(&question) {
                     question = q;
                 }
             }

@@ -123,6 +123,8 @@ pub fn tiny_run<D: Domain>(domain: &D, size: usize, supervised: bool) -> hch::tr
         advance_at: 0.9,
         difficulty_curriculum: false,
         roots_per_round: 128,
+        questions_per_instance: 4,
+        reproducible: false,
         descent: 8,
         roots_per_part: 64,
         steps_per_round: 60,
@@ -135,6 +137,7 @@ pub fn tiny_run<D: Domain>(domain: &D, size: usize, supervised: bool) -> hch::tr
             grad_clip: 1.0,
             replay_window: 4096,
             seed: 7,
+            ema_horizon: 100,
         },
     }
 }

@@ -1,0 +1,176 @@
+//! The trainer's state after each round, so that a resumed run continues exactly: the student's
+//! weights (which are not published: the teacher is), Adam's moment estimates, the teacher's
+//! weights, the step count and the minibatch sampler's position.
+//!
+//! ```text
+//! run/checkpoints/
+//!   g000005.safetensors   tensors: student/…, adam.m/…, adam.v/…, teacher/…
+//!   g000005.json          {format, generation, steps, rng, sha256, bytes}
+//! ```
+//!
+//! The checkpoint of generation n is written (atomically, the tensors before the JSON that
+//! vouches for them) *before* generation n is published, and older checkpoints are removed only
+//! after: whenever a crash strikes, the newest published generation has its checkpoint. On read,
+//! the tensors' SHA-256 must match the JSON's and every tensor must be present, shaped right and
+//! finite.
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use super::TrainError;
+use crate::domain::Domain;
+use crate::fsutil;
+use crate::model::distill::{TrainConfig, Trainer, TrainerCounters};
+use crate::model::Model;
+
+/// The checkpoint format this build writes and reads.
+const CHECKPOINT_FORMAT: u32 = 1;
+/// Largest checkpoint JSON read (it is a few hundred bytes).
+const MAX_JSON_BYTES: u64 = 64 << 10;
+
+#[derive(Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CheckpointFile {
+    format: u32,
+    generation: u64,
+    counters: TrainerCounters,
+    sha256: String,
+    bytes: u64,
+}
+
+/// A run's checkpoint directory.
+pub(super) struct Checkpoints {
+    dir: PathBuf,
+}
+
+impl Checkpoints {
+    pub(super) fn open(dir: PathBuf) -> Result<Self, TrainError> {
+        std::fs::create_dir_all(&dir).map_err(|e| run_error(&dir, e))?;
+        Ok(Self { dir })
+    }
+
+    fn tensors_path(&self, generation: u64) -> PathBuf {
+        self.dir.join(format!("g{generation:06}.safetensors"))
+    }
+
+    fn json_path(&self, generation: u64) -> PathBuf {
+        self.dir.join(format!("g{generation:06}.json"))
+    }
+
+    /// Writes `trainer`'s state as the checkpoint of `generation`.
+    pub(super) fn save<D: Domain + Clone>(
+        &self,
+        generation: u64,
+        trainer: &Trainer<D>,
+    ) -> Result<(), TrainError> {
+        let path = self.tensors_path(generation);
+        let tmp = self.dir.join(format!(
+            "{}{}",
+            fsutil::tmp_prefix(&path.file_name().unwrap_or_default().to_string_lossy()),
+            std::process::id()
+        ));
+        let tensors = trainer.state_tensors();
+        let written = tch::Tensor::write_safetensors(&tensors, &tmp)
+            .map_err(|e| TrainError::Run {
+                path: tmp.clone(),
+                message: format!("writing the checkpoint: {e}"),
+            })
+            .and_then(|()| fsutil::sync_file(&tmp).map_err(|e| run_error(&tmp, e)))
+            .and_then(|()| fsutil::sha256_file(&tmp).map_err(|e| run_error(&tmp, e)))
+            .and_then(|hash| {
+                std::fs::rename(&tmp, &path).map_err(|e| run_error(&path, e))?;
+                fsutil::sync_dir(&self.dir).map_err(|e| run_error(&self.dir, e))?;
+                Ok(hash)
+            });
+        let (sha256, bytes) = match written {
+            Ok(hash) => hash,
+            Err(e) => {
+                let _ = std::fs::remove_file(&tmp);
+                return Err(e);
+            }
+        };
+        let file = CheckpointFile {
+            format: CHECKPOINT_FORMAT,
+            generation,
+            counters: trainer.counters(),
+            sha256,
+            bytes,
+        };
+        let json = serde_json::to_vec_pretty(&file).expect("a checkpoint serialises");
+        let json_path = self.json_path(generation);
+        fsutil::write_atomic(&json_path, &json).map_err(|e| run_error(&json_path, e))
+    }
+
+    /// The trainer of `generation`'s checkpoint, its student in `model` (any weights of the
+    /// run's architecture); `None` if there is no checkpoint of it.
+    pub(super) fn load<D: Domain + Clone>(
+        &self,
+        generation: u64,
+        model: Model<D>,
+        config: TrainConfig,
+    ) -> Result<Option<Trainer<D>>, TrainError> {
+        let json_path = self.json_path(generation);
+        let bytes = match fsutil::read_small(&json_path, MAX_JSON_BYTES) {
+            Ok(bytes) => bytes,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(run_error(&json_path, e)),
+        };
+        let bad = |path: &Path, message: String| TrainError::Run {
+            path: path.to_path_buf(),
+            message,
+        };
+        let file: CheckpointFile = serde_json::from_slice(&bytes)
+            .map_err(|e| bad(&json_path, format!("not a valid checkpoint: {e}")))?;
+        if file.format != CHECKPOINT_FORMAT || file.generation != generation {
+            return Err(bad(
+                &json_path,
+                format!(
+                    "checkpoint format {} of generation {} (expected format {CHECKPOINT_FORMAT}, \
+                     generation {generation})",
+                    file.format, file.generation
+                ),
+            ));
+        }
+        let path = self.tensors_path(generation);
+        let (sha256, size) = fsutil::sha256_file(&path).map_err(|e| run_error(&path, e))?;
+        if sha256 != file.sha256 || size != file.bytes {
+            return Err(bad(
+                &path,
+                format!(
+                    "the checkpoint is damaged: {size} bytes with SHA-256 {sha256}, its record \
+                     says {} bytes with {}",
+                    file.bytes, file.sha256
+                ),
+            ));
+        }
+        let tensors = tch::Tensor::read_safetensors(&path)
+            .map_err(|e| bad(&path, format!("unreadable checkpoint: {e}")))?;
+        let trainer = Trainer::restore(model, config, tensors, &file.counters)
+            .map_err(|e| bad(&path, e.to_string()))?;
+        Ok(Some(trainer))
+    }
+
+    /// Removes the checkpoints of generations before `keep`.
+    pub(super) fn prune(&self, keep: u64) -> Result<(), TrainError> {
+        let entries = std::fs::read_dir(&self.dir).map_err(|e| run_error(&self.dir, e))?;
+        for entry in entries.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let generation = name
+                .strip_prefix('g')
+                .and_then(|rest| rest.split('.').next())
+                .and_then(|n| n.parse::<u64>().ok());
+            if generation.is_some_and(|g| g < keep) {
+                let _ = std::fs::remove_file(entry.path());
+            }
+        }
+        Ok(())
+    }
+}
+
+fn run_error(path: &Path, e: std::io::Error) -> TrainError {
+    TrainError::Run {
+        path: path.to_path_buf(),
+        message: e.to_string(),
+    }
+}
