@@ -1,5 +1,7 @@
 //! `hch train` killed (SIGKILL) in the middle of a round resumes from the last published
-//! generation, keeps every target it had committed and writes none twice.
+//! generation, keeps every target it had committed and writes none twice; and, with the optimiser,
+//! the teacher and the sampler restored from the checkpoint, it ends with the very weights of a
+//! run that was never interrupted.
 
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
@@ -29,6 +31,9 @@ fn train(dir: &Path) -> Child {
             "32",
             "--seed",
             "3",
+            "--ema-horizon",
+            "50",
+            "--reproducible",
         ])
         .args(["--rounds", &ROUNDS.to_string()])
         .arg("--run")
@@ -127,5 +132,27 @@ fn a_killed_run_resumes_without_losing_or_duplicating_targets() {
         let record = hch::train::RoundRecord::from_manifest(m).unwrap();
         assert_eq!(record.round, Some(m.generation - 1));
     }
+
+    // The same command, never interrupted, publishes the same weights in every generation: Adam's
+    // moments, the teacher's average and the minibatch sampler continued exactly.
+    let straight = dir.with_extension("straight");
+    let _ = std::fs::remove_dir_all(&straight);
+    let uninterrupted = train(&straight).wait_with_output().unwrap();
+    assert!(
+        uninterrupted.status.success(),
+        "uninterrupted run failed: {}",
+        String::from_utf8_lossy(&uninterrupted.stderr)
+    );
+    let weights = |dir: &Path| -> Vec<String> {
+        hch::registry::Registry::open(dir.join("registry"))
+            .unwrap()
+            .list()
+            .unwrap()
+            .into_iter()
+            .map(|m| m.weights_sha256)
+            .collect()
+    };
+    assert_eq!(weights(&dir), weights(&straight));
     std::fs::remove_dir_all(&dir).unwrap();
+    std::fs::remove_dir_all(&straight).unwrap();
 }

@@ -6,6 +6,7 @@ use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
 use super::record::read_records;
+use super::store::TargetStore;
 use super::{RoundRecord, RunConfig, TrainError, RUN_FILE};
 use crate::registry::Registry;
 
@@ -14,6 +15,9 @@ pub struct RunSummary {
     pub dir: PathBuf,
     pub config: RunConfig,
     pub records: Vec<RoundRecord>,
+    /// Tree nodes (H's steps and the leaves X or the oracle answered) evaluated to produce the
+    /// run's targets.
+    pub tree_nodes: u64,
 }
 
 impl RunSummary {
@@ -30,10 +34,13 @@ impl RunSummary {
         })?;
         let registry = Registry::open(dir.join("registry"))?;
         let records = read_records(&registry)?;
+        let store = TargetStore::open(dir.join("targets"), &config.domain)?;
+        let tree_nodes = store.all()?.iter().map(|r| r.nodes).sum();
         Ok(Self {
             dir: dir.to_path_buf(),
             config,
             records,
+            tree_nodes,
         })
     }
 
@@ -83,25 +90,30 @@ pub fn generation_table(run: &RunSummary) -> String {
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "| gen | size | difficulty | targets | steps | acc (stage) | acc (target {}) | amplified | gap | promoted | time |",
+        "| gen | size | difficulty | targets | steps | agreement | gate (new / old) | promoted | acc (stage) | acc (target {}) | amplified | gap | time |",
         run.config.target_size
     );
-    let _ = writeln!(out, "|---|---|---|---|---|---|---|---|---|---|---|");
+    let _ = writeln!(out, "|---|---|---|---|---|---|---|---|---|---|---|---|---|");
     for r in &run.records {
         let _ = writeln!(
             out,
-            "| g{} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {:.0} s |",
+            "| g{} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {:.0} s |",
             r.generation,
             r.size,
             r.max_difficulty
                 .map_or_else(|| "all".to_string(), |d| format!("≤ {d}")),
             r.targets,
             r.steps,
+            r.agreement.map_or_else(|| "-".to_string(), pct),
+            match (r.gate_agreement, r.gate_reference) {
+                (Some(a), Some(b)) => format!("{} / {}", pct(a), pct(b)),
+                _ => "-".to_string(),
+            },
+            if r.promoted { "yes" } else { "no" },
             pct(r.accuracy),
             pct(r.accuracy_target),
             r.amplified_target.map_or_else(|| "-".to_string(), pct),
             signed_pct(r.gap),
-            if r.promoted { "yes" } else { "no" },
             r.wall_seconds
         );
     }
@@ -149,6 +161,51 @@ pub fn comparison(runs: &[RunSummary], accuracy: f64) -> String {
                 );
             }
         }
+    }
+    out
+}
+
+/// The table of `docs/results.md`: for each domain, each arm's steps and wall time to 90% and to
+/// 95% held-out accuracy, the ratio of amplification's steps to the supervised baseline's, the
+/// tree nodes its targets cost, and the final accuracy. Runs are paired by domain.
+pub fn task_table(runs: &[RunSummary]) -> String {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "| task | size | arm | steps to 90% | time to 90% | steps to 95% | time to 95% | steps ratio at 95% (90%) | tree nodes | final accuracy |"
+    );
+    let _ = writeln!(out, "|---|---|---|---|---|---|---|---|---|---|");
+    let to = |run: &RunSummary, a: f64| match run.reached(a) {
+        Some(r) => (r.steps.to_string(), format!("{:.0} s", r.wall_seconds)),
+        None => ("not reached".to_string(), "-".to_string()),
+    };
+    let steps = |run: &RunSummary, a: f64| run.reached(a).map(|r| r.steps as f64);
+    for run in runs {
+        let baseline = runs
+            .iter()
+            .find(|b| b.config.supervised && b.config.domain == run.config.domain);
+        let ratio = match (run.config.supervised, baseline) {
+            (false, Some(b)) => {
+                let r = |a: f64| match (steps(run, a), steps(b, a)) {
+                    (Some(x), Some(y)) if y > 0.0 => format!("{:.2}", x / y),
+                    _ => "-".to_string(),
+                };
+                format!("{} ({})", r(0.95), r(0.90))
+            }
+            _ => String::new(),
+        };
+        let (s90, t90) = to(run, 0.90);
+        let (s95, t95) = to(run, 0.95);
+        let last = run.records.last().map_or(f64::NAN, |r| r.accuracy_target);
+        let _ = writeln!(
+            out,
+            "| {} | {} | {} | {s90} | {t90} | {s95} | {t95} | {ratio} | {} | {} |",
+            run.config.domain,
+            run.config.target_size,
+            run.kind(),
+            run.tree_nodes,
+            pct(last)
+        );
     }
     out
 }
