@@ -225,3 +225,50 @@ async fn impossible_requests_are_refused_with_a_reason() {
         .unwrap_err();
     assert!(matches!(err, EvalError::InvalidQuestion(_)), "{err}");
 }
+
+/// The paper's `answer_if_simple`: in amplified mode a subquestion H can answer from the facts
+/// alone (a permutation's σ¹(x), a wildcard string without `*`) is answered by H, shown as
+/// "simple" in the trace, and never sent to the answerer; the root, and subquestions H would
+/// decompose, still go to X.
+#[tokio::test]
+async fn simple_subquestions_are_answered_by_h_not_sent_to_x() {
+    let d = Permutation;
+    let instance = Instance::generate(&d, 8, 3).unwrap();
+    let evaluator = Evaluator::new(d, oracle(d), EvalOptions::default());
+    // σ³(x) = σ(σ(σ¹(x))): H asks σ¹(x) (simple: a fact) and then σ¹(y) (simple too).
+    let q = d.parse_question("sigma^3(3)").unwrap();
+    let r = evaluator
+        .evaluate(&instance, q, Mode::Amplified, Budget::default())
+        .await
+        .unwrap();
+    assert_eq!(r.answer, Some(d.truth(instance.facts(), &q)));
+    assert_eq!(r.stats.answerer_queries, 0, "a fact lookup went to X");
+    let trace = r.trace.unwrap();
+    let children: Vec<_> = trace.nodes.iter().filter(|n| n.depth == 1).collect();
+    assert!(!children.is_empty());
+    assert!(children
+        .iter()
+        .all(|n| matches!(n.by, AnsweredBy::Simple | AnsweredBy::Memo)));
+
+    // σ⁴(x) asks σ²(x) and σ²(y): not simple, so X answers them.
+    let q = d.parse_question("sigma^4(3)").unwrap();
+    let r = evaluator
+        .evaluate(&instance, q, Mode::Amplified, Budget::default())
+        .await
+        .unwrap();
+    assert!(r.stats.answerer_queries >= 1);
+    let trace = r.trace.unwrap();
+    assert!(trace
+        .nodes
+        .iter()
+        .filter(|n| n.depth == 1)
+        .all(|n| matches!(n.by, AnsweredBy::Answerer | AnsweredBy::Memo)));
+
+    // Distilled mode is X alone, even on a question H could answer.
+    let q = d.parse_question("sigma^1(3)").unwrap();
+    let r = evaluator
+        .evaluate(&instance, q, Mode::Distilled, Budget::default())
+        .await
+        .unwrap();
+    assert_eq!(r.stats.answerer_queries, 1);
+}

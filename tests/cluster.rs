@@ -134,7 +134,9 @@ async fn a_wave_wider_than_a_call_is_split_and_reassembled() {
             DomainKind::Wildcard,
             d.print_facts(instance.facts()),
             "******".to_string(),
-            "hch:6",
+            // At depth 6 the strings have no `*` left: H reads them from the facts itself. At
+            // depth 5 each leaf still has one, so X is asked.
+            "hch:5",
         );
         request.want_trace = true;
         let r = client.ask(request).await.unwrap().into_inner();
@@ -143,12 +145,12 @@ async fn a_wave_wider_than_a_call_is_split_and_reassembled() {
             d.print_answer(&d.truth(instance.facts(), &question))
         );
         assert_eq!(r.exhausted, "");
-        // The 64 leaves of the one wave (every leaf is a distinct string)...
-        assert_eq!(r.stats.unwrap().answerer_queries, 64);
+        // The 32 leaves of the one wave (every leaf is a distinct pattern)...
+        assert_eq!(r.stats.unwrap().answerer_queries, 32);
         // ...each with its own answer (a sum at the root would hide answers out of order).
         let trace = r.trace.expect("trace requested");
         let leaves = trace.nodes.iter().filter(|n| n.by == "answerer");
-        assert_eq!(leaves.clone().count(), 64);
+        assert_eq!(leaves.clone().count(), 32);
         for node in leaves {
             let q = d.parse_question(&node.question).unwrap();
             assert_eq!(node.answer, d.print_answer(&d.truth(instance.facts(), &q)));
@@ -157,7 +159,7 @@ async fn a_wave_wider_than_a_call_is_split_and_reassembled() {
     let (answered, calls) = cluster.workers.iter().fold((0, 0), |(a, c), (_, w)| {
         (a + w.questions_answered(), c + w.calls_and_batches().0)
     });
-    assert_eq!(answered, 4 * 64);
+    assert_eq!(answered, 4 * 32);
     assert!(
         calls >= answered.div_ceil(max_batch as u64),
         "{answered} questions in {calls} calls of at most {max_batch}"

@@ -100,3 +100,35 @@ async fn amplification_alone_raises_held_out_accuracy() {
     cluster.stop().await;
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// The difficulty curriculum caps questions by the difficulty their text shows; where only a
+/// solver knows it (a depth in the forest, a distance), the run is refused with the reason.
+#[test]
+fn the_difficulty_curriculum_needs_a_difficulty_visible_in_the_question() {
+    use hch::domain::shortest_path::ShortestPath;
+    use hch::domain::union_find::UnionFind;
+    let dir = std::env::temp_dir().join(format!("hch-visible-{}", std::process::id()));
+    let refused = |e: hch::train::TrainError| e.to_string();
+    let config = hch::train::RunConfig {
+        difficulty_curriculum: true,
+        ..common::tiny_run(&UnionFind, 6, false)
+    };
+    let err = Run::open(UnionFind, dir.join("u"), config)
+        .err()
+        .map(refused);
+    assert!(
+        err.as_deref().is_some_and(|e| e.contains("solver")),
+        "{err:?}"
+    );
+    let config = hch::train::RunConfig {
+        difficulty_curriculum: true,
+        ..common::tiny_run(&ShortestPath, 6, false)
+    };
+    assert!(Run::open(ShortestPath, dir.join("s"), config).is_err());
+    let config = hch::train::RunConfig {
+        difficulty_curriculum: true,
+        ..common::tiny_run(&Permutation, 6, false)
+    };
+    assert!(Run::open(Permutation, dir.join("p"), config).is_ok());
+    std::fs::remove_dir_all(&dir).unwrap();
+}

@@ -79,7 +79,10 @@ fn check(truthful: &Outcome, poisoned: &Outcome) {
         assert_eq!(decisions(a), decisions(b), "generation {}", a.generation);
     }
     assert!(
-        truthful.records.iter().any(|r| r.promoted && r.round.is_some()),
+        truthful
+            .records
+            .iter()
+            .any(|r| r.promoted && r.round.is_some()),
         "no round was promoted: the gate was never exercised"
     );
     assert_eq!(truthful.current, poisoned.current);
@@ -92,7 +95,10 @@ fn check(truthful: &Outcome, poisoned: &Outcome) {
     // The poison reached what is reported: the truth was consulted, and only there.
     let a: Vec<_> = truthful.records.iter().map(reported).collect();
     let b: Vec<_> = poisoned.records.iter().map(reported).collect();
-    assert_ne!(a, b, "the poisoned truth changed nothing, not even the report");
+    assert_ne!(
+        a, b,
+        "the poisoned truth changed nothing, not even the report"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -45,13 +45,15 @@ pub struct LoadtestArgs {
     #[arg(long, default_value = "wildcard")]
     domain: DomainKind,
     /// Mode of the trees.
-    #[arg(long, default_value = "hch:6")]
+    #[arg(long, default_value = "hch:5")]
     mode: Mode,
     /// Instance size.
     #[arg(long, default_value_t = FULL_SIZE)]
     size: usize,
     /// Ask this question (text syntax) of every tree. Default: for wildcard, "******" (the widest
-    /// tree: 64 leaves at hch:6); for the other domains, a question sampled per tree.
+    /// tree: 32 leaves of one `*` each at hch:5, which go to the workers; at hch:6 the leaves are
+    /// plain strings, which H reads from the facts itself); for the other domains, a question
+    /// sampled per tree.
     #[arg(long, conflicts_with = "sample")]
     question: Option<String>,
     /// Sample a question per tree, whatever the domain.

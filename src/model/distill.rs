@@ -460,6 +460,9 @@ pub fn loss<D: Domain>(model: &Model<D>, examples: &[Example<D>]) -> f64 {
     })
 }
 
+/// A question about an instance, without its answer.
+pub type Question<D> = (Arc<Instance<D>>, <D as Domain>::Question);
+
 /// Questions about fresh instances: `instances` instances of `size` from seeds `first_seed..`,
 /// each with `per_instance` sampled questions. No ground truth: what the training loop may judge
 /// a model by (its agreement with amplified answers to them).
@@ -469,7 +472,7 @@ pub fn sample_questions<D: Domain>(
     first_seed: u64,
     instances: usize,
     per_instance: usize,
-) -> Result<Vec<(Arc<Instance<D>>, D::Question)>, DomainError> {
+) -> Result<Vec<Question<D>>, DomainError> {
     let mut out = Vec::with_capacity(instances * per_instance);
     for seed in first_seed..first_seed + instances as u64 {
         let instance = Instance::generate(domain, size, seed)?;
@@ -509,7 +512,7 @@ pub fn supervised_examples<D: Domain>(
 /// same queries give the same batches, and the same answers, every time).
 pub fn predict_all<D: Domain>(
     model: &Model<D>,
-    queries: &[(Arc<Instance<D>>, D::Question)],
+    queries: &[Question<D>],
     batch_size: usize,
 ) -> Vec<Option<D::Answer>> {
     queries

@@ -174,3 +174,89 @@ fn run_error(path: &Path, e: std::io::Error) -> TrainError {
         message: e.to_string(),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::permutation::Permutation;
+    use crate::model::config::{ModelConfig, Preset};
+    use crate::model::distill::supervised_examples;
+
+    fn trainer(seed: u64) -> Trainer<Permutation> {
+        let d = Permutation;
+        let model = Model::new(
+            d,
+            ModelConfig::preset(&d, Preset::Tiny),
+            tch::Device::Cpu,
+            seed,
+        );
+        let config = TrainConfig {
+            ema_horizon: 10,
+            ..TrainConfig::default()
+        };
+        Trainer::new(model.unwrap(), config).unwrap()
+    }
+
+    #[test]
+    fn a_checkpoint_restores_the_trainer_exactly_and_refuses_damage() {
+        let dir = std::env::temp_dir().join(format!("hch-checkpoint-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let checkpoints = Checkpoints::open(dir.clone()).unwrap();
+        let examples = supervised_examples(&Permutation, 6, 0, 4, 8).unwrap();
+        let batch: Vec<_> = examples.iter().collect();
+        let mut original = trainer(1);
+        for _ in 0..3 {
+            original.step(&batch);
+        }
+        checkpoints.save(4, &original).unwrap();
+        assert!(checkpoints
+            .load(3, trainer(2).into_model(), original_config())
+            .unwrap()
+            .is_none());
+
+        // Restored into a model with other weights, it continues as the original does.
+        let mut restored = checkpoints
+            .load(4, trainer(2).into_model(), original_config())
+            .unwrap()
+            .expect("the checkpoint of generation 4");
+        assert_eq!(restored.counters(), original.counters());
+        original.step(&batch);
+        restored.step(&batch);
+        for ((name, a), (_, b)) in original
+            .state_tensors()
+            .iter()
+            .zip(restored.state_tensors().iter())
+        {
+            assert!(a.equal(b), "{name}");
+        }
+
+        // Older checkpoints go once a newer generation is published.
+        checkpoints.save(5, &original).unwrap();
+        checkpoints.prune(5).unwrap();
+        assert!(!dir.join("g000004.json").exists() && dir.join("g000005.json").exists());
+
+        // One flipped byte in the tensors: refused, naming the file.
+        let path = dir.join("g000005.safetensors");
+        let mut bytes = std::fs::read(&path).unwrap();
+        let last = bytes.len() - 1;
+        bytes[last] ^= 1;
+        std::fs::write(&path, bytes).unwrap();
+        let err = checkpoints
+            .load(5, trainer(2).into_model(), original_config())
+            .err()
+            .expect("a damaged checkpoint is refused")
+            .to_string();
+        assert!(
+            err.contains("damaged") && err.contains("g000005.safetensors"),
+            "{err}"
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    fn original_config() -> TrainConfig {
+        TrainConfig {
+            ema_horizon: 10,
+            ..TrainConfig::default()
+        }
+    }
+}

@@ -22,18 +22,15 @@ use super::decide::{self, Stage};
 use super::{Run, TrainError};
 use crate::answerer::batched::BatchedAnswerer;
 use crate::answerer::{Answerer, AnswererId};
-use crate::domain::{Domain, Instance};
+use crate::domain::Domain;
 use crate::eval::{Budget, EvalOptions, Evaluator, Mode};
 use crate::model::answerer::ModelAnswerer;
-use crate::model::distill::{self, sample_questions, Accuracy, Example};
+use crate::model::distill::{self, sample_questions, Accuracy, Example, Question};
 use crate::model::generation;
 use crate::model::Model;
 
 /// Forward passes of held-out evaluation.
 const EVAL_BATCH: usize = 512;
-
-/// A question about an instance, without its answer.
-pub(super) type Question<D> = (Arc<Instance<D>>, <D as Domain>::Question);
 
 /// X_n's amplified answers to the held-out questions of a stage, and X_n's agreement with them:
 /// what a new generation is gated against.
@@ -190,12 +187,16 @@ impl<D: Domain + Copy> Run<D> {
                     .then(|| (row.index / stride) as usize)
                     .filter(|&i| i < targets.len());
                 if let Some(i) = root {
-                    let answer = self.domain.parse_answer(&row.answer).map_err(|e| {
-                        TrainError::Run {
-                            path: self.store.dir().to_path_buf(),
-                            message: format!("round {round} target {}: bad answer: {e}", row.index),
-                        }
-                    })?;
+                    let answer =
+                        self.domain
+                            .parse_answer(&row.answer)
+                            .map_err(|e| TrainError::Run {
+                                path: self.store.dir().to_path_buf(),
+                                message: format!(
+                                    "round {round} target {}: bad answer: {e}",
+                                    row.index
+                                ),
+                            })?;
                     targets[i] = Some(answer);
                 }
             }
@@ -228,10 +229,8 @@ impl<D: Domain + Copy> Run<D> {
             });
             let x = self.amplifier(judge, amplifier)?;
             let amplified = amplify_all(x, &questions, self.config.reproducible).await?;
-            let reference = decide::agreement(
-                &distill::predict_all(x, &questions, EVAL_BATCH),
-                &amplified,
-            );
+            let reference =
+                decide::agreement(&distill::predict_all(x, &questions, EVAL_BATCH), &amplified);
             judge.gates.insert(
                 (amplifier, stage),
                 Gate {
@@ -313,7 +312,12 @@ pub(super) async fn amplify_all<D: Domain + Copy>(
             let evaluator = &evaluator;
             async move {
                 evaluator
-                    .evaluate(instance, question.clone(), Mode::Amplified, Budget::default())
+                    .evaluate(
+                        instance,
+                        question.clone(),
+                        Mode::Amplified,
+                        Budget::default(),
+                    )
                     .await
                     .ok()
                     .and_then(|r| r.answer)

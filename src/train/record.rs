@@ -134,7 +134,7 @@ pub enum Progress {
     /// Held-out evaluation is running.
     Evaluating,
     /// A generation was published (also generation 0 at the start).
-    Published(RoundRecord),
+    Published(Box<RoundRecord>),
 }
 
 /// `x` if it is a number (a loss or accuracy of nothing is NaN).

@@ -5,8 +5,8 @@
 use std::time::Instant;
 
 use super::amplify::TargetSource;
-use super::decide::{self, Stage};
 use super::checkpoint::Checkpoints;
+use super::decide::{self, Stage};
 use super::evaluate::Judge;
 use super::record::{by_difficulty, finite, read_record};
 use super::targets::InstanceCache;
@@ -297,7 +297,7 @@ impl<D: Domain + Copy> Run<D> {
             generation: manifest.generation,
             ..record
         };
-        progress(Progress::Published(record.clone()));
+        progress(Progress::Published(Box::new(record.clone())));
         Ok(record)
     }
 }

@@ -163,10 +163,10 @@ impl<D: Domain + Copy> Run<D> {
             "random initial weights",
         )?;
         self.registry.promote(manifest.generation)?;
-        progress(Progress::Published(RoundRecord {
+        progress(Progress::Published(Box::new(RoundRecord {
             generation: manifest.generation,
             ..record
-        }));
+        })));
         Ok(manifest)
     }
 
