@@ -468,6 +468,8 @@ pub(super) fn finish_report(
         text.push('\n');
     }
     text.push_str(&report::comparison(&runs, accuracy));
+    text.push('\n');
+    text.push_str(&report::task_table(&runs));
     let svg_path = svg.unwrap_or_else(|| dirs[0].join("report.svg"));
     crate::fsutil::write_atomic(&svg_path, report::svg(&runs).as_bytes())
         .with_context(|| format!("writing {}", svg_path.display()))?;
