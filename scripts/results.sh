@@ -4,14 +4,14 @@
 # distribution per task, in-process on this machine. Writes the runs to OUT (default
 # runs/results), one plot per task to docs/results/, and prints the tables docs/results.md shows.
 #
-#   scripts/results.sh [OUT]          MINUTES=3.5 per run by default; SIZE=8
+#   scripts/results.sh [OUT]          MINUTES=8 per run by default; SIZE=8
 #
 # Each run stops at 95% held-out accuracy (a report against the truth; it only ends the run) or
 # after MINUTES of training, whichever comes first.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT=${1:-runs/results}
-MINUTES=${MINUTES:-3.5}
+MINUTES=${MINUTES:-8}
 SIZE=${SIZE:-8}
 make setup >/dev/null
 cargo build --release --quiet

@@ -304,8 +304,8 @@ impl ProgressView {
                         "time"
                     );
                     eprintln!(
-                        "{:>31} | decided by (no truth) {:>9} | reported (truth)",
-                        "", ""
+                        "{:>29} | {:<29} | reported (truth)",
+                        "", "decided by (no truth)"
                     );
                     self.table_header_done = true;
                 }

@@ -1,7 +1,7 @@
 //! The loop's decisions, as pure functions of what a round measured: whether the student is
 //! promoted ([`promote`]), what the curriculum asks of the next round ([`first_stage`],
-//! [`next_stage`]), which questions a stage is judged on ([`stage`]), how often a model agrees with
-//! amplified answers ([`agreement`]), and when the run stops ([`stop`]).
+//! [`next_stage`]), which questions are within a stage ([`within_cap`]), how often a model agrees
+//! with amplified answers ([`agreement`]), and when the run stops ([`stop`]).
 //!
 //! Nothing here reads a file, a model or a clock, so each rule is tested on its own, branch by
 //! branch, instead of only through rounds of real training.
@@ -95,30 +95,8 @@ pub fn next_stage(curriculum: &Curriculum, stage: Stage, agreement: f64, hardest
     }
 }
 
-/// The items a stage is judged on: those whose visible difficulty (`difficulty`) is at most
-/// `max_difficulty`; all of them without a cap, or if none is that easy (a stage is never judged
-/// on nothing). An item without a visible difficulty is within every cap.
-pub fn stage<T: Clone>(
-    items: &[T],
-    max_difficulty: Option<u32>,
-    difficulty: impl Fn(&T) -> Option<u32>,
-) -> Vec<T> {
-    let within: Vec<T> = items
-        .iter()
-        .filter(|e| match (max_difficulty, difficulty(e)) {
-            (Some(cap), Some(d)) => d <= cap,
-            _ => true,
-        })
-        .cloned()
-        .collect();
-    if within.is_empty() {
-        items.to_vec()
-    } else {
-        within
-    }
-}
-
-/// Whether `question` is within a stage's cap, by its visible difficulty.
+/// Whether `question` is within a stage's difficulty cap, by its visible difficulty (a question
+/// without one is within every cap).
 pub fn within_cap<D: Domain>(domain: &D, question: &D::Question, cap: Option<u32>) -> bool {
     match (cap, domain.visible_difficulty(question)) {
         (Some(cap), Some(d)) => d <= cap,
@@ -233,19 +211,6 @@ mod tests {
         assert_eq!(agreement(&answers, &targets), 2.0 / 5.0);
         assert_eq!(agreement::<u8>(&[], &[]), 0.0);
         assert_eq!(agreement(&[Some(1)], &[Some(1)]), 1.0);
-    }
-
-    #[test]
-    fn a_stage_is_judged_on_the_questions_within_its_cap() {
-        let all = [Some(3), Some(1), Some(2), Some(1), Some(4)];
-        let id = |d: &Option<u32>| *d;
-        assert_eq!(stage(&all, Some(2), id), [Some(1), Some(2), Some(1)]);
-        assert_eq!(stage(&all, Some(1), id), [Some(1), Some(1)]);
-        assert_eq!(stage(&all, None, id), all);
-        // None is that easy: judged on all of them rather than on nothing.
-        assert_eq!(stage(&all, Some(0), id), all);
-        // Without a visible difficulty, everything is within the cap.
-        assert_eq!(stage(&[None, None], Some(0), id), [None, None]);
     }
 
     #[test]

@@ -19,15 +19,17 @@ use std::sync::Arc;
 use super::amplify;
 use super::config::{HELDOUT_PER_INSTANCE, HELDOUT_SEED_BASE};
 use super::decide::{self, Stage};
+use super::targets::sample_within;
 use super::{Run, TrainError};
 use crate::answerer::batched::BatchedAnswerer;
 use crate::answerer::{Answerer, AnswererId};
-use crate::domain::Domain;
+use crate::domain::{Domain, Instance};
 use crate::eval::{Budget, EvalOptions, Evaluator, Mode};
 use crate::model::answerer::ModelAnswerer;
-use crate::model::distill::{self, sample_questions, Accuracy, Example, Question};
+use crate::model::distill::{self, Accuracy, Example, Question};
 use crate::model::generation;
 use crate::model::Model;
+use crate::rng::Rng;
 
 /// Forward passes of held-out evaluation.
 const EVAL_BATCH: usize = 512;
@@ -45,10 +47,10 @@ struct Gate<D: Domain> {
 pub(super) struct Judge<D: Domain> {
     /// Reported: at the target size, with true answers.
     target: Vec<Example<D>>,
-    /// Reported: at each curriculum size met so far (made on first use), with true answers.
-    examples: HashMap<usize, Vec<Example<D>>>,
-    /// Decided by: the same questions without answers, by size.
-    questions: HashMap<usize, Vec<Question<D>>>,
+    /// Reported: at each curriculum stage met so far (made on first use), with true answers.
+    examples: HashMap<Stage, Vec<Example<D>>>,
+    /// Decided by: the same questions without answers, by stage.
+    questions: HashMap<Stage, Vec<Question<D>>>,
     /// X_n, loaded once per promotion.
     amplifier: Option<(u64, Model<D>)>,
     /// X_n's gate at a stage changes only with the stage or a promotion, so it is computed once
@@ -95,32 +97,44 @@ impl<D: Domain + Copy> Run<D> {
         self.config.heldout.div_ceil(HELDOUT_PER_INSTANCE)
     }
 
-    /// Held-out questions at `size`, without answers.
-    pub(super) fn heldout_questions(&self, size: usize) -> Result<Vec<Question<D>>, TrainError> {
-        let mut questions = sample_questions(
-            &self.domain,
-            size,
-            self.heldout_seed(size),
-            self.heldout_instances(),
-            HELDOUT_PER_INSTANCE,
-        )
-        .map_err(|e| TrainError::Config(e.to_string()))?;
+    /// Held-out questions at `stage`, without answers: the held-out instances of its size, each
+    /// question drawn within the stage's difficulty cap (see [`sample_within`]), so that a stage
+    /// is judged on as many questions as any other.
+    pub(super) fn heldout_questions(&self, stage: Stage) -> Result<Vec<Question<D>>, TrainError> {
+        let first = self.heldout_seed(stage.size);
+        let mut questions = Vec::with_capacity(self.config.heldout);
+        for seed in first..first + self.heldout_instances() as u64 {
+            let instance = Instance::generate(&self.domain, stage.size, seed)
+                .map_err(|e| TrainError::Config(e.to_string()))?;
+            let mut rng = Rng::derived(seed, 0xe7a);
+            for _ in 0..HELDOUT_PER_INSTANCE {
+                let question = sample_within(
+                    &self.domain,
+                    instance.facts(),
+                    &mut rng,
+                    stage.max_difficulty,
+                );
+                questions.push((instance.clone(), question));
+            }
+        }
         questions.truncate(self.config.heldout);
         Ok(questions)
     }
 
-    /// The same held-out questions with their true answers (ground truth: reports only).
-    pub(super) fn heldout(&self, size: usize) -> Result<Vec<Example<D>>, TrainError> {
-        let mut examples = distill::supervised_examples(
-            &self.domain,
-            size,
-            self.heldout_seed(size),
-            self.heldout_instances(),
-            HELDOUT_PER_INSTANCE,
-        )
-        .map_err(|e| TrainError::Config(e.to_string()))?;
-        examples.truncate(self.config.heldout);
-        Ok(examples)
+    /// The same held-out questions with their true answers and difficulties (ground truth:
+    /// reports only).
+    pub(super) fn heldout(&self, stage: Stage) -> Result<Vec<Example<D>>, TrainError> {
+        let d = &self.domain;
+        Ok(self
+            .heldout_questions(stage)?
+            .into_iter()
+            .map(|(instance, question)| Example {
+                target: d.truth(instance.facts(), &question),
+                difficulty: d.difficulty(instance.facts(), &question),
+                instance,
+                question,
+            })
+            .collect())
     }
 
     /// The visible difficulties of the held-out questions at `size`: (easiest, hardest), `None`
@@ -136,18 +150,22 @@ impl<D: Domain + Copy> Run<D> {
     fn questions_at<'j>(
         &self,
         judge: &'j mut Judge<D>,
-        size: usize,
+        stage: Stage,
     ) -> Result<&'j [Question<D>], TrainError> {
-        Ok(match judge.questions.entry(size) {
+        Ok(match judge.questions.entry(stage) {
             Entry::Occupied(e) => e.into_mut(),
-            Entry::Vacant(e) => e.insert(self.heldout_questions(size)?),
+            Entry::Vacant(e) => e.insert(self.heldout_questions(stage)?),
         })
     }
 
     /// The hardest visible difficulty of the held-out questions at `size` (0 without one): where
     /// the difficulty curriculum stops raising its cap.
     pub(super) fn hardest(&self, judge: &mut Judge<D>, size: usize) -> Result<u32, TrainError> {
-        let questions = self.questions_at(judge, size)?;
+        let uncapped = Stage {
+            size,
+            max_difficulty: None,
+        };
+        let questions = self.questions_at(judge, uncapped)?;
         Ok(self.difficulty_range(questions).map_or(0, |(_, h)| h))
     }
 
@@ -223,10 +241,7 @@ impl<D: Domain + Copy> Run<D> {
         stage: Stage,
     ) -> Result<Verdict, TrainError> {
         if !judge.gates.contains_key(&(amplifier, stage)) {
-            let all = self.questions_at(judge, stage.size)?.to_vec();
-            let questions = decide::stage(&all, stage.max_difficulty, |(_, q)| {
-                self.domain.visible_difficulty(q)
-            });
+            let questions = self.questions_at(judge, stage)?.to_vec();
             let x = self.amplifier(judge, amplifier)?;
             let amplified = amplify_all(x, &questions, self.config.reproducible).await?;
             let reference =
@@ -251,11 +266,11 @@ impl<D: Domain + Copy> Run<D> {
     fn examples_at<'j>(
         &self,
         judge: &'j mut Judge<D>,
-        size: usize,
+        stage: Stage,
     ) -> Result<&'j [Example<D>], TrainError> {
-        Ok(match judge.examples.entry(size) {
+        Ok(match judge.examples.entry(stage) {
             Entry::Occupied(e) => e.into_mut(),
-            Entry::Vacant(e) => e.insert(self.heldout(size)?),
+            Entry::Vacant(e) => e.insert(self.heldout(stage)?),
         })
     }
 
@@ -266,11 +281,8 @@ impl<D: Domain + Copy> Run<D> {
         judge: &mut Judge<D>,
         stage: Stage,
     ) -> Result<Report, TrainError> {
-        let all = self.examples_at(judge, stage.size)?;
-        let at_stage = decide::stage(all, stage.max_difficulty, |e| {
-            self.domain.visible_difficulty(&e.question)
-        });
-        let accuracy = distill::evaluate(model, &at_stage, EVAL_BATCH).fraction();
+        let at_stage = self.examples_at(judge, stage)?;
+        let accuracy = distill::evaluate(model, at_stage, EVAL_BATCH).fraction();
         let at_target = distill::evaluate(model, &judge.target, EVAL_BATCH);
         let amplified_target = amplified_accuracy(model, &judge.target).await?;
         Ok(Report {

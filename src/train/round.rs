@@ -49,7 +49,10 @@ impl<D: Domain + Copy> Run<D> {
         let current = self.registry.current()?.unwrap_or(0);
         source.serve(&self.registry.load(current)?.manifest).await?;
         let mut student = self.resume_student(&latest)?;
-        let mut judge = Judge::new(self.heldout(self.config.target_size)?);
+        let mut judge = Judge::new(self.heldout(Stage {
+            size: self.config.target_size,
+            max_difficulty: None,
+        })?);
         let mut last = read_record(&self.registry, &latest)?;
         let mut records = Vec::new();
         while !decide::stop(&stop, &last, self.registry.current().ok().flatten()) {

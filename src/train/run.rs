@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 
 use super::config::{differences, RUN_FILE};
-use super::decide;
+use super::decide::{self, Stage};
 use super::record::{by_difficulty, read_record, read_records};
 use super::store::TargetStore;
 use super::{Progress, RoundRecord, RunConfig, TrainError};
@@ -117,16 +117,18 @@ impl<D: Domain + Copy> Run<D> {
             self.config.seed,
         )?;
         let curriculum = self.config.curriculum();
-        let questions = self.heldout_questions(curriculum.start_size)?;
+        let questions = self.heldout_questions(Stage {
+            size: curriculum.start_size,
+            max_difficulty: None,
+        })?;
         let easiest = self.difficulty_range(&questions).map(|(e, _)| e);
         let stage = decide::first_stage(&curriculum, easiest);
         // The report on the random weights, against the truth.
-        let heldout = decide::stage(
-            &self.heldout(curriculum.start_size)?,
-            stage.max_difficulty,
-            |e| self.domain.visible_difficulty(&e.question),
-        );
-        let target = self.heldout(self.config.target_size)?;
+        let heldout = self.heldout(stage)?;
+        let target = self.heldout(Stage {
+            size: self.config.target_size,
+            max_difficulty: None,
+        })?;
         let accuracy = distill::evaluate(&model, &heldout, 512);
         let at_target = distill::evaluate(&model, &target, 512);
         let record = RoundRecord {

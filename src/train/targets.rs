@@ -128,9 +128,8 @@ impl<D: Domain + Copy> Run<D> {
     }
 
     /// Root question `index` of `round`: a fresh instance from a seed derived from the run seed,
-    /// shared by `questions_per_instance` consecutive roots. Under a difficulty cap, questions are
-    /// drawn until one is within it by its visible difficulty (the least difficult of a bounded
-    /// number of draws otherwise); nothing here consults a solver.
+    /// shared by `questions_per_instance` consecutive roots, its question within the stage's
+    /// difficulty cap ([`sample_within`]).
     pub(super) fn root_task(
         &self,
         round: u64,
@@ -146,21 +145,8 @@ impl<D: Domain + Copy> Run<D> {
         let seed = rng.next_u64() % HELDOUT_SEED_BASE;
         let instance = Instance::generate(&self.domain, size, seed)
             .map_err(|e| TrainError::Config(e.to_string()))?;
-        let d = &self.domain;
         let mut rng = Rng::derived(seed, 0x9e57 + index % per);
-        let mut question = d.sample_question(instance.facts(), &mut rng);
-        if cap.is_some() {
-            let visible = |q: &D::Question| d.visible_difficulty(q).unwrap_or(0);
-            for _ in 0..256 {
-                if decide::within_cap(d, &question, cap) {
-                    break;
-                }
-                let q = d.sample_question(instance.facts(), &mut rng);
-                if visible(&q) < visible(&question) {
-                    question = q;
-                }
-            }
-        }
+        let question = sample_within(&self.domain, instance.facts(), &mut rng, cap);
         Ok(Task {
             size: size as u32,
             seed,
@@ -214,6 +200,31 @@ impl<D: Domain + Copy> Run<D> {
             target,
         })
     }
+}
+
+/// A question about `facts` within the difficulty cap `cap`, by its visible difficulty: questions
+/// are drawn until one is within it (the least difficult of a bounded number of draws otherwise).
+/// Nothing here consults a solver.
+pub(super) fn sample_within<D: Domain>(
+    d: &D,
+    facts: &D::Facts,
+    rng: &mut Rng,
+    cap: Option<u32>,
+) -> D::Question {
+    let mut question = d.sample_question(facts, rng);
+    if cap.is_some() {
+        let visible = |q: &D::Question| d.visible_difficulty(q).unwrap_or(0);
+        for _ in 0..256 {
+            if decide::within_cap(d, &question, cap) {
+                break;
+            }
+            let q = d.sample_question(facts, rng);
+            if visible(&q) < visible(&question) {
+                question = q;
+            }
+        }
+    }
+    question
 }
 
 /// Parsed instances by id, so that the replay window shares them.
