@@ -112,6 +112,12 @@ pub struct CoordinatorOptions {
     /// it. Without it, anyone who reaches the port may ask.
     #[arg(long)]
     tokens: Option<PathBuf>,
+    /// Finished traces kept for GetTrace (the newest), ...
+    #[arg(long, default_value_t = CoordinatorConfig::default().traces_kept)]
+    traces_kept: usize,
+    /// ... holding at most this many MiB together.
+    #[arg(long, default_value_t = CoordinatorConfig::default().trace_bytes >> 20)]
+    trace_memory_mib: usize,
 }
 
 #[derive(Args, Debug)]
@@ -160,6 +166,8 @@ fn coordinator_config(o: &CoordinatorOptions) -> Result<CoordinatorConfig> {
             max_deadline: Duration::from_millis(o.max_deadline_ms.max(1)),
         },
         tokens,
+        traces_kept: o.traces_kept,
+        trace_bytes: o.trace_memory_mib << 20,
         ..CoordinatorConfig::default()
     })
 }

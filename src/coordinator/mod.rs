@@ -27,7 +27,7 @@ use tracing::Instrument;
 
 use crate::answerer::Answerer;
 use crate::domain::{print_reply, Domain, DomainKind};
-use crate::eval::trace::TraceView;
+use crate::eval::trace::{TraceNode, TraceView};
 use crate::eval::{Budget, EvalOptions, Evaluator, NodeEvent};
 use crate::rpc::coordinator::{
     AskLimits, AskQuery, AskReply, CoordinatorStatus, TraceRequest, TreeEvent,
@@ -47,8 +47,10 @@ pub struct CoordinatorConfig {
     pub default_budget: Budget,
     /// The largest budget a request may ask for.
     pub limits: AskLimits,
-    /// Finished traces kept for GetTrace.
+    /// Finished traces kept for GetTrace: at most this many, holding at most `trace_bytes` of
+    /// memory together (the oldest go first; a trace larger than that alone is not kept).
     pub traces_kept: usize,
+    pub trace_bytes: usize,
     /// Events an AskStream buffers for its client, and how long a full buffer may wait for the
     /// client to read before the stream is cut off (RESOURCE_EXHAUSTED) and its tree stopped.
     pub stream_buffer: usize,
@@ -69,6 +71,7 @@ impl Default for CoordinatorConfig {
             },
             limits: AskLimits::default(),
             traces_kept: 1024,
+            trace_bytes: 64 << 20,
             stream_buffer: 256,
             stream_stall: Duration::from_secs(10),
             remote: RemoteConfig::default(),
@@ -122,7 +125,35 @@ struct StoredTrace {
     tree_id: String,
     /// The client whose tree it was: only it may read the trace.
     owner: ClientName,
+    /// The memory it holds (its nodes, its id and this record), for the store's byte bound.
+    bytes: usize,
     render: Box<dyn Fn() -> TraceView + Send + Sync>,
+}
+
+/// The finished traces kept for GetTrace, oldest first, bounded by count and by bytes.
+#[derive(Default)]
+struct TraceStore {
+    traces: VecDeque<StoredTrace>,
+    bytes: usize,
+}
+
+impl TraceStore {
+    /// Keeps `trace`, dropping the oldest until both bounds hold; a trace above the byte bound
+    /// on its own is not kept. Returns whether it was kept.
+    fn keep(&mut self, trace: StoredTrace, max_count: usize, max_bytes: usize) -> bool {
+        if trace.bytes > max_bytes || max_count == 0 {
+            return false;
+        }
+        self.bytes += trace.bytes;
+        self.traces.push_back(trace);
+        while self.traces.len() > max_count || self.bytes > max_bytes {
+            match self.traces.pop_front() {
+                Some(old) => self.bytes -= old.bytes,
+                None => break,
+            }
+        }
+        true
+    }
 }
 
 struct Typed<D: Domain> {
@@ -200,9 +231,13 @@ impl<D: Domain + Copy> Typed<D> {
         // Traces are kept typed and rendered to text only when someone asks for one.
         let trace = result.trace.map(|t| {
             let (domain, id, t) = (*d, tree_id.clone(), Arc::new(t));
+            let bytes = std::mem::size_of::<StoredTrace>()
+                + 2 * tree_id.len()
+                + t.nodes.capacity() * std::mem::size_of::<TraceNode<D>>();
             StoredTrace {
                 tree_id: tree_id.clone(),
                 owner: None,
+                bytes,
                 render: Box::new(move || t.view(&domain, &id)),
             }
         });
@@ -240,7 +275,7 @@ pub struct CoordinatorService {
     pool: Arc<Pool>,
     trees: Arc<Semaphore>,
     trees_total: AtomicU64,
-    traces: Mutex<VecDeque<StoredTrace>>,
+    traces: Mutex<TraceStore>,
     config: CoordinatorConfig,
 }
 
@@ -264,7 +299,7 @@ impl CoordinatorService {
             pool,
             trees: Arc::new(Semaphore::new(config.max_trees.max(1))),
             trees_total: AtomicU64::new(0),
-            traces: Mutex::new(VecDeque::new()),
+            traces: Mutex::new(TraceStore::default()),
             config,
         })
     }
@@ -339,10 +374,13 @@ impl CoordinatorService {
             if want_trace {
                 reply.trace = Some((trace.render)());
             }
+            let (count, bytes) = (self.config.traces_kept, self.config.trace_bytes);
             let mut traces = self.traces.lock().unwrap_or_else(|p| p.into_inner());
-            traces.push_back(trace);
-            while traces.len() > self.config.traces_kept {
-                traces.pop_front();
+            if !traces.keep(trace, count, bytes) {
+                tracing::debug!(
+                    tree = %reply.tree_id,
+                    "trace not kept: larger than the {bytes} bytes kept for traces"
+                );
             }
         }
         Ok(reply)
@@ -363,14 +401,17 @@ impl CoordinatorService {
     pub fn trace(&self, id: &str, client: &ClientName) -> Result<TraceView, ServiceError> {
         let traces = self.traces.lock().unwrap_or_else(|p| p.into_inner());
         traces
+            .traces
             .iter()
             .rev()
             .find(|t| t.tree_id == id && t.owner == *client)
             .map(|t| (t.render)())
             .ok_or_else(|| {
                 ServiceError::NotFound(format!(
-                    "no stored trace for tree {id:?} (the last {} are kept)",
-                    self.config.traces_kept
+                    "no stored trace for tree {id:?} (the newest {} traces, up to {} MiB, are \
+                     kept)",
+                    self.config.traces_kept,
+                    self.config.trace_bytes >> 20
                 ))
             })
     }
@@ -461,5 +502,46 @@ impl pb::coordinator_server::Coordinator for Arc<CoordinatorService> {
     ) -> Result<Response<pb::StatusResponse>, Status> {
         self.authorize(&request, Right::Status)?;
         Ok(Response::new(CoordinatorService::status(self).encode()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn trace(id: &str, bytes: usize) -> StoredTrace {
+        StoredTrace {
+            tree_id: id.to_string(),
+            owner: None,
+            bytes,
+            render: Box::new(|| unreachable!("not rendered")),
+        }
+    }
+
+    fn ids(store: &TraceStore) -> Vec<&str> {
+        store.traces.iter().map(|t| t.tree_id.as_str()).collect()
+    }
+
+    #[test]
+    fn traces_are_bounded_by_count_and_by_bytes() {
+        let mut store = TraceStore::default();
+        for (id, bytes) in [("a", 40), ("b", 40), ("c", 40)] {
+            assert!(store.keep(trace(id, bytes), 10, 100));
+        }
+        // 120 bytes held by three: the oldest went.
+        assert_eq!(ids(&store), ["b", "c"]);
+        assert_eq!(store.bytes, 80);
+        // One large trace pushes out as many as it takes.
+        assert!(store.keep(trace("d", 90), 10, 100));
+        assert_eq!(ids(&store), ["d"]);
+        // A trace larger than the whole bound is not kept, and costs the others nothing.
+        assert!(!store.keep(trace("e", 101), 10, 100));
+        assert_eq!(ids(&store), ["d"]);
+        // The count bound.
+        for id in ["f", "g", "h"] {
+            store.keep(trace(id, 1), 2, 100);
+        }
+        assert_eq!(ids(&store), ["g", "h"]);
+        assert_eq!(store.bytes, 2);
     }
 }

@@ -45,8 +45,16 @@ pub(super) struct Checkpoints {
 }
 
 impl Checkpoints {
+    /// Opens (creating) the directory, removing what a crash mid-write left behind.
     pub(super) fn open(dir: PathBuf) -> Result<Self, TrainError> {
         std::fs::create_dir_all(&dir).map_err(|e| run_error(&dir, e))?;
+        let entries = std::fs::read_dir(&dir).map_err(|e| run_error(&dir, e))?;
+        for entry in entries.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if name.starts_with('.') && name.contains(".tmp-") {
+                let _ = std::fs::remove_file(entry.path());
+            }
+        }
         Ok(Self { dir })
     }
 
