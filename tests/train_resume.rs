@@ -38,6 +38,8 @@ fn train(dir: &Path) -> Child {
         .args(["--rounds", &ROUNDS.to_string()])
         .arg("--run")
         .arg(dir)
+        // Bit for bit needs the CPU, even where a GPU is present.
+        .env("HCH_DEVICE", "cpu")
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()

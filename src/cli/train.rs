@@ -383,6 +383,12 @@ pub(super) async fn train_run<D: Domain + Copy>(
     run.initialise(&mut on)?;
     let mut cluster = None;
     let reproducible = run.config().reproducible;
+    if reproducible && crate::model::pick_device() != tch::Device::Cpu {
+        bail!(
+            "a reproducible run is bit for bit only on the CPU (libtorch's GPU kernels are not \
+             all deterministic): run it with HCH_DEVICE=cpu"
+        );
+    }
     if reproducible && !run.config().supervised && !engine.local {
         bail!(
             "a reproducible run evaluates its trees in this process: add --local (workers batch \

@@ -53,7 +53,7 @@ pub fn truth_calls() -> u64 {
 /// Replaces the ground truth in this whole process, from now on, by random answers and random
 /// difficulties (`seed` picks the stream; 0 restores the truth). A test fixture: a training run
 /// whose decisions come from H, the facts and the models alone makes the same decisions, targets
-/// and weights with the truth poisoned as without (`tests/ground_truth_isolation.rs`); only its
+/// and weights with the truth poisoned as without (`tests/truth_poisoned.rs`); only its
 /// reported accuracies change.
 #[doc(hidden)]
 pub fn poison_truth(seed: u64) {

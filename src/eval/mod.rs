@@ -520,8 +520,8 @@ impl<D: Domain> TreeState<D> {
 
     /// H's answer to a subquestion it can answer from the facts alone, without asking anything
     /// (a fact lookup), as the paper's overseer does (`answer_if_simple`): such a leaf is H's, not
-    /// the answerer's, whatever the mode. `None` if H would ask. The root (depth 0) is never
-    /// answered this way, so distilled mode stays the answerer alone.
+    /// the answerer's, whatever the mode. `None` if H would ask (or gives up). The root (depth 0)
+    /// is never answered this way, so distilled mode stays the answerer alone.
     ///
     /// H is run once with an [`Ask`] that records subquestions without answering them: finishing
     /// on the first poll without having asked means H answered from the facts. H has no side
@@ -543,7 +543,8 @@ impl<D: Domain> TreeState<D> {
             question,
             ask,
         ))?;
-        (asked.load(Ordering::Relaxed) == 0).then_some(answer)
+        // An unknown without asking is H giving up, not answering: X may know better.
+        (asked.load(Ordering::Relaxed) == 0 && answer.is_some()).then_some(answer)
     }
 
     /// A budget ran out at this node: the answerer answers if there is one, else unknown.

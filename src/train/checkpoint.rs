@@ -5,7 +5,7 @@
 //! ```text
 //! run/checkpoints/
 //!   g000005.safetensors   tensors: student/…, adam.m/…, adam.v/…, teacher/…
-//!   g000005.json          {format, generation, steps, rng, sha256, bytes}
+//!   g000005.json          {format, generation, counters: {steps, rng}, sha256, bytes}
 //! ```
 //!
 //! The checkpoint of generation n is written (atomically, the tensors before the JSON that
@@ -79,6 +79,19 @@ impl Checkpoints {
             std::process::id()
         ));
         let tensors = trainer.state_tensors();
+        // A diverged run (NaN weights or moments) could never resume from it: say so now.
+        if let Some((name, _)) = tensors
+            .iter()
+            .find(|(_, t)| t.isfinite().all().int64_value(&[]) == 0)
+        {
+            return Err(TrainError::Run {
+                path: path.clone(),
+                message: format!(
+                    "training diverged: {name} holds values that are not finite (lower the \
+                     learning rate or the gradient clip)"
+                ),
+            });
+        }
         let written = tch::Tensor::write_safetensors(&tensors, &tmp)
             .map_err(|e| TrainError::Run {
                 path: tmp.clone(),
@@ -150,6 +163,12 @@ impl Checkpoints {
                      says {} bytes with {}",
                     file.bytes, file.sha256
                 ),
+            ));
+        }
+        if file.counters.rng == [0; 4] {
+            return Err(bad(
+                &json_path,
+                "the sampler's state is all zero".to_string(),
             ));
         }
         let tensors = tch::Tensor::read_safetensors(&path)

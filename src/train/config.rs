@@ -48,7 +48,8 @@ pub struct RunConfig {
     pub questions_per_instance: usize,
     /// Answer every model query of the run in a forward pass of its own, so that the run is a
     /// function of its settings alone: the same targets and weights bit for bit on the same
-    /// machine and thread count, whatever the timing of batches (see
+    /// machine and thread count, on the CPU (libtorch's GPU kernels are not all deterministic),
+    /// whatever the timing of batches (see
     /// [`ModelAnswerer::one_by_one`](crate::model::answerer::ModelAnswerer::one_by_one)).
     /// Slower; for the in-process target source only.
     pub reproducible: bool,

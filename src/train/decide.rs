@@ -12,7 +12,7 @@
 //! below is an agreement between a model and Amplify(H, X) or a difficulty visible in a question's
 //! text ([`Domain::visible_difficulty`]); held-out accuracy against the truth is computed for the
 //! report and read by nothing here but [`stop`], which ends a run without changing anything that
-//! came before it. `tests/ground_truth_isolation.rs` checks this end to end: a run with the truth
+//! came before it. `tests/truth_poisoned.rs` checks this end to end: a run with the truth
 //! poisoned makes the same decisions, targets and weights.
 
 use super::{RoundRecord, StopAt};

@@ -137,8 +137,8 @@ impl<D: Domain + Copy> Run<D> {
             .collect())
     }
 
-    /// The visible difficulties of the held-out questions at `size`: (easiest, hardest), `None`
-    /// for a domain without visible difficulty.
+    /// The range of `questions`' visible difficulties: (easiest, hardest), `None` for a domain
+    /// without visible difficulty.
     pub(super) fn difficulty_range(&self, questions: &[Question<D>]) -> Option<(u32, u32)> {
         let visible: Vec<u32> = questions
             .iter()

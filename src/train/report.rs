@@ -34,7 +34,8 @@ impl RunSummary {
         })?;
         let registry = Registry::open(dir.join("registry"))?;
         let records = read_records(&registry)?;
-        let store = TargetStore::open(dir.join("targets"), &config.domain)?;
+        // Read-only: the run may still be training.
+        let store = TargetStore::open_read_only(dir.join("targets"), &config.domain)?;
         let tree_nodes = store.all()?.iter().map(|r| r.nodes).sum();
         Ok(Self {
             dir: dir.to_path_buf(),

@@ -217,8 +217,18 @@ impl TargetStore {
     /// Opens (creating if needed) the store in `dir` for `domain`. Shard files the manifest does
     /// not name (a commit cut short by a crash) and leftover temporary files are deleted.
     pub fn open(dir: impl AsRef<Path>, domain: &str) -> Result<Self, StoreError> {
+        let dir = dir.as_ref();
+        fs::create_dir_all(dir).map_err(io_err(dir))?;
+        let store = Self::open_read_only(dir, domain)?;
+        store.remove_uncommitted()?;
+        Ok(store)
+    }
+
+    /// Opens the store in `dir` to read what its manifest has committed, changing nothing: safe
+    /// on a store that a running trainer is writing (a shard it has written but not yet named in
+    /// the manifest is left alone). A missing store reads as empty.
+    pub fn open_read_only(dir: impl AsRef<Path>, domain: &str) -> Result<Self, StoreError> {
         let dir = dir.as_ref().to_path_buf();
-        fs::create_dir_all(&dir).map_err(io_err(&dir))?;
         let manifest_path = dir.join(MANIFEST_FILE);
         let manifest = match fs::read(&manifest_path) {
             Ok(bytes) => {
@@ -265,9 +275,7 @@ impl TargetStore {
                 });
             }
         }
-        let store = Self { dir, manifest };
-        store.remove_uncommitted()?;
-        Ok(store)
+        Ok(Self { dir, manifest })
     }
 
     fn remove_uncommitted(&self) -> Result<(), StoreError> {
