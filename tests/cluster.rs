@@ -8,6 +8,7 @@ use hch::coordinator::pool::PoolConfig;
 use hch::coordinator::CoordinatorConfig;
 use hch::domain::{Domain, DomainKind, Instance};
 use hch::rng::Rng;
+use hch::rpc::coordinator::AskLimits;
 use hch::rpc::pb;
 use hch::server::{Cluster, ClusterConfig};
 use hch::with_domain;
@@ -745,5 +746,104 @@ async fn the_coordinator_caps_concurrent_trees() {
     let status = second.ask(request).await.unwrap_err();
     assert_eq!(status.code(), Code::ResourceExhausted);
     drop(stream);
+    cluster.stop().await;
+}
+
+/// A connection that stays silent is closed once the idle time has passed, by the coordinator
+/// (whose idle time is at least a second past the longest deadline it allows) and by a worker:
+/// connections opened and abandoned cannot pile up until the server runs out of descriptors.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn silent_connections_are_closed_after_the_idle_time() {
+    use tokio::io::AsyncReadExt;
+    let config = CoordinatorConfig {
+        idle_close: Duration::from_millis(100),
+        limits: AskLimits {
+            max_deadline: Duration::from_millis(200),
+            ..AskLimits::default()
+        },
+        ..CoordinatorConfig::default()
+    };
+    let worker = WorkerConfig {
+        idle_close: Duration::from_millis(300),
+        ..WorkerConfig::default()
+    };
+    let cluster = cluster(1, Duration::ZERO, worker, config).await;
+    let servers = [
+        (cluster.coordinator.addr, Duration::from_millis(1200)),
+        (cluster.workers[0].0.addr, Duration::from_millis(300)),
+    ];
+    for (addr, idle) in servers {
+        let mut socket = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let opened = tokio::time::Instant::now();
+        // The server may send its HTTP/2 preface; then it closes the connection (end of stream,
+        // or a reset), never before the idle time. The timeout only turns a server that never
+        // closes into a failure.
+        let mut received = Vec::new();
+        let read = tokio::time::timeout(Duration::from_secs(30), socket.read_to_end(&mut received))
+            .await
+            .expect("the silent connection was not closed");
+        assert!(
+            received.len() < 1024,
+            "{addr} sent {} bytes",
+            received.len()
+        );
+        // End of stream, or a reset: either way, closed.
+        let _ = read;
+        assert!(
+            opened.elapsed() >= idle,
+            "{addr} closed after {:?}",
+            opened.elapsed()
+        );
+    }
+    // The cluster still answers on fresh connections.
+    let mut client = client(&cluster).await;
+    let status = client
+        .status(hch::rpc::pb::StatusRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(status.workers.len(), 1);
+    cluster.stop().await;
+}
+
+/// A tree cut off by the call's own gRPC deadline ends the call with DEADLINE_EXCEEDED, saying
+/// so, rather than CANCELLED by the server's timer; a tree cut off by its budget's deadline is
+/// an answer (unknown, with the budget named).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_calls_deadline_is_deadline_exceeded_and_a_budgets_is_an_answer() {
+    // Slow workers and a sequential tree: 8 leaf calls of at least 50 ms one after another.
+    let cluster = cluster(
+        2,
+        Duration::from_millis(50),
+        WorkerConfig::default(),
+        CoordinatorConfig::default(),
+    )
+    .await;
+    let mut client = client(&cluster).await;
+    let d = hch::domain::permutation::Permutation;
+    let inst = Instance::generate(&d, 64, 11).unwrap();
+    let request = || {
+        ask(
+            DomainKind::Permutation,
+            d.print_facts(inst.facts()),
+            "sigma^63(5)".into(),
+            "hch:3",
+        )
+    };
+
+    let mut call = tonic::Request::new(request());
+    call.set_timeout(Duration::from_millis(150));
+    let status = client.ask(call).await.unwrap_err();
+    assert_eq!(status.code(), tonic::Code::DeadlineExceeded, "{status:?}");
+    assert!(status.message().contains("deadline"), "{status:?}");
+
+    let mut budgeted = request();
+    budgeted.budget = Some(pb::Budget {
+        deadline_ms: Some(150),
+        ..Default::default()
+    });
+    let reply = client.ask(budgeted).await.unwrap().into_inner();
+    assert_eq!(reply.answer, "?");
+    assert_eq!(reply.exhausted, "deadline");
     cluster.stop().await;
 }

@@ -27,7 +27,7 @@ use tracing::Instrument;
 
 use crate::answerer::Answerer;
 use crate::domain::{print_reply, Domain, DomainKind};
-use crate::eval::trace::{TraceNode, TraceView};
+use crate::eval::trace::{Exhausted, TraceNode, TraceView};
 use crate::eval::{Budget, EvalOptions, Evaluator, NodeEvent};
 use crate::rpc::coordinator::{
     AskLimits, AskQuery, AskReply, CoordinatorStatus, TraceRequest, TreeEvent,
@@ -58,6 +58,9 @@ pub struct CoordinatorConfig {
     pub remote: RemoteConfig,
     /// Client tokens (see [`auth`]); `None` lets every caller in as one anonymous client.
     pub tokens: Option<Arc<Tokens>>,
+    /// A client connection without traffic for this long is closed (at least a second longer
+    /// than `limits.max_deadline`, since a unary tree is silent until it ends).
+    pub idle_close: Duration,
 }
 
 impl Default for CoordinatorConfig {
@@ -76,9 +79,14 @@ impl Default for CoordinatorConfig {
             stream_stall: Duration::from_secs(10),
             remote: RemoteConfig::default(),
             tokens: None,
+            idle_close: Duration::from_secs(660),
         }
     }
 }
+
+/// How long before the call's gRPC deadline a tree bound by it stops (at most a tenth of the
+/// deadline), so that the coordinator, not tonic's timer, ends the call.
+pub const CALL_DEADLINE_MARGIN: Duration = Duration::from_millis(20);
 
 /// Where a streamed tree's events go: the response stream's bounded buffer. A client that stops
 /// reading is cut off after `stall` with the buffer full, and its tree stopped; its events are
@@ -308,19 +316,36 @@ impl CoordinatorService {
         &self.pool
     }
 
+    /// How long a client connection may stay silent: the setting, or a second more than the
+    /// longest deadline a client may ask for if that is longer (a tree ends at its deadline).
+    pub fn idle_close(&self) -> Duration {
+        self.config
+            .idle_close
+            .max(self.config.limits.max_deadline + Duration::from_secs(1))
+    }
+
     /// The tree's budget: the request's fields, else the defaults, bounded by the gRPC deadline
-    /// of the call. (The decoder has checked the request's fields against the limits.)
-    fn budget(&self, query: &AskQuery, client_timeout: Option<Duration>) -> Budget {
+    /// of the call; and whether that deadline is the one that binds. (The decoder has checked the
+    /// request's fields against the limits.)
+    ///
+    /// The tree stops a little before the call's deadline ([`CALL_DEADLINE_MARGIN`]): tonic's own
+    /// timer would otherwise end the call first, as CANCELLED, and the tree's work would be lost
+    /// without a word. Stopping first, the coordinator reports DEADLINE_EXCEEDED itself.
+    fn budget(&self, query: &AskQuery, client_timeout: Option<Duration>) -> (Budget, bool) {
         let defaults = self.config.default_budget;
-        let deadline = [query.budget.deadline.or(defaults.deadline), client_timeout]
-            .into_iter()
-            .flatten()
-            .min();
-        Budget {
+        let own = query.budget.deadline.or(defaults.deadline);
+        let call = client_timeout.map(|t| t.saturating_sub(CALL_DEADLINE_MARGIN.min(t / 10)));
+        let call_binds = match (own, call) {
+            (Some(own), Some(call)) => call < own,
+            (None, Some(_)) => true,
+            (_, None) => false,
+        };
+        let budget = Budget {
             max_depth: query.budget.max_depth.or(defaults.max_depth),
             max_nodes: query.budget.max_nodes.or(defaults.max_nodes),
-            deadline,
-        }
+            deadline: if call_binds { call } else { own },
+        };
+        (budget, call_binds)
     }
 
     /// The client `request` comes from, if it may do `right`.
@@ -339,7 +364,7 @@ impl CoordinatorService {
         events: Option<EventSender>,
         parent: Option<(u128, u64)>,
     ) -> Result<AskReply, ServiceError> {
-        let budget = self.budget(&query, client_timeout);
+        let (budget, call_deadline) = self.budget(&query, client_timeout);
         let _slot = self.trees.clone().try_acquire_owned().map_err(|_| {
             ServiceError::ResourceExhausted(format!(
                 "the coordinator is evaluating its maximum of {} trees: retry later",
@@ -369,6 +394,16 @@ impl CoordinatorService {
                     .instrument(span),
             )
             .await?;
+        // The tree's own deadline degrades its answer (an unknown, reported as such); the call's
+        // deadline means the client has stopped waiting: that is the call's status.
+        if call_deadline && reply.exhausted == Some(Exhausted::Deadline) {
+            return Err(ServiceError::DeadlineExceeded(format!(
+                "the call's deadline ({:?}) ran out before the tree finished ({} nodes \
+                 evaluated): allow more time, or ask for a smaller tree",
+                client_timeout.unwrap_or_default(),
+                reply.stats.nodes
+            )));
+        }
         if let Some(mut trace) = trace {
             trace.owner = client;
             if want_trace {

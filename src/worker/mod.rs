@@ -54,6 +54,9 @@ pub struct WorkerConfig {
     pub reload_every: Duration,
     /// libtorch threads for inference (0: libtorch's default).
     pub threads: usize,
+    /// A connection without traffic for this long is closed (a worker call lasts at most the
+    /// coordinator's call timeout, seconds).
+    pub idle_close: Duration,
 }
 
 impl Default for WorkerConfig {
@@ -63,6 +66,7 @@ impl Default for WorkerConfig {
             facts_cache: 4096,
             reload_every: Duration::from_secs(2),
             threads: 0,
+            idle_close: Duration::from_secs(300),
         }
     }
 }
@@ -121,6 +125,8 @@ pub struct Worker {
     pub service: Arc<WorkerService>,
     /// Becomes true once a model (or the oracle) is loaded.
     pub ready: tokio::sync::watch::Receiver<bool>,
+    /// See [`WorkerConfig::idle_close`].
+    pub idle_close: Duration,
 }
 
 impl Worker {
@@ -176,6 +182,7 @@ impl Worker {
         Worker {
             service: Arc::new(WorkerService { domains, info }),
             ready,
+            idle_close: config.idle_close,
         }
     }
 }

@@ -5,9 +5,12 @@
 //! Shutdown is graceful: when the shutdown future resolves the server stops accepting, lets
 //! requests in flight finish (for at most [`SHUTDOWN_GRACE`]), then returns.
 
+mod idle;
+
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
@@ -66,10 +69,13 @@ type BoxedSignal = std::pin::Pin<Box<dyn Future<Output = ()> + Send>>;
 /// accepted) is skipped; any other (out of file descriptors, out of memory) is logged and
 /// followed by a pause that doubles up to [`MAX_ACCEPT_BACKOFF`], so a server at its descriptor
 /// limit waits for connections to close instead of spinning a core on `accept`.
+///
+/// Each connection is closed after `idle` without traffic (see [`idle`]).
 fn incoming(
     listener: TcpListener,
-) -> impl tokio_stream::Stream<Item = std::io::Result<tokio::net::TcpStream>> {
-    futures::stream::unfold(listener, |listener| async move {
+    idle: Duration,
+) -> impl tokio_stream::Stream<Item = std::io::Result<idle::IdleClose<tokio::net::TcpStream>>> {
+    futures::stream::unfold(listener, move |listener| async move {
         let mut backoff = MIN_ACCEPT_BACKOFF;
         loop {
             match listener.accept().await {
@@ -77,7 +83,7 @@ fn incoming(
                     if let Err(error) = stream.set_nodelay(true) {
                         tracing::debug!(%error, "could not turn Nagle's algorithm off");
                     }
-                    return Some((Ok(stream), listener));
+                    return Some((Ok(idle::IdleClose::new(stream, idle)), listener));
                 }
                 Err(error) if is_connection_error(&error) => continue,
                 Err(error) => {
@@ -142,12 +148,13 @@ pub async fn serve_worker(
     let service = pb::worker_server::WorkerServer::new(worker.service.clone())
         .max_decoding_message_size(limits::MAX_MESSAGE_BYTES)
         .max_encoding_message_size(limits::MAX_MESSAGE_BYTES);
+    let idle = worker.idle_close;
     with_grace(shutdown, |signal| {
         Server::builder()
             .add_service(health)
             .add_service(reflection())
             .add_service(service)
-            .serve_with_incoming_shutdown(incoming(listener), signal)
+            .serve_with_incoming_shutdown(incoming(listener, idle), signal)
     })
     .await
 }
@@ -165,6 +172,9 @@ pub async fn serve_coordinator(
     reporter
         .set_service_status("", ServingStatus::Serving)
         .await;
+    // A unary tree is silent on its connection until it ends: a connection is idle only after
+    // longer than the longest deadline a client may ask for.
+    let idle = service.idle_close();
     let service = pb::coordinator_server::CoordinatorServer::new(service)
         .max_decoding_message_size(limits::MAX_MESSAGE_BYTES)
         .max_encoding_message_size(limits::MAX_MESSAGE_BYTES);
@@ -173,7 +183,7 @@ pub async fn serve_coordinator(
             .add_service(health)
             .add_service(reflection())
             .add_service(service)
-            .serve_with_incoming_shutdown(incoming(listener), signal)
+            .serve_with_incoming_shutdown(incoming(listener, idle), signal)
     })
     .await
 }
