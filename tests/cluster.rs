@@ -847,3 +847,57 @@ async fn a_calls_deadline_is_deadline_exceeded_and_a_budgets_is_an_answer() {
     assert_eq!(reply.exhausted, "deadline");
     cluster.stop().await;
 }
+
+/// One client cannot take every tree slot: over its share it gets RESOURCE_EXHAUSTED naming the
+/// limit, while another client (here, another connection) is still served, and the client's
+/// share comes back as its trees end.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_client_cannot_take_every_tree_slot() {
+    let config = CoordinatorConfig {
+        max_trees: 8,
+        max_trees_per_client: 2,
+        ..CoordinatorConfig::default()
+    };
+    let cluster = cluster(
+        1,
+        Duration::from_millis(50),
+        WorkerConfig::default(),
+        config,
+    )
+    .await;
+    let mut greedy = client(&cluster).await;
+    let d = hch::domain::permutation::Permutation;
+    let inst = Instance::generate(&d, 64, 3).unwrap();
+    let request = ask(
+        DomainKind::Permutation,
+        d.print_facts(inst.facts()),
+        "sigma^63(2)".into(),
+        "hch:3",
+    );
+    let mut streams = Vec::new();
+    for _ in 0..2 {
+        let mut stream = greedy
+            .ask_stream(request.clone())
+            .await
+            .unwrap()
+            .into_inner();
+        let _ = stream.message().await.unwrap(); // the tree has started
+        streams.push(stream);
+    }
+    let status = greedy.ask(request.clone()).await.unwrap_err();
+    assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
+    assert!(status.message().contains("most one client"), "{status:?}");
+
+    // Another connection is another client.
+    let mut other = client(&cluster).await;
+    let reply = other.ask(request.clone()).await.unwrap().into_inner();
+    assert_ne!(reply.answer, "?");
+
+    // The greedy client's trees finish; its share is free again.
+    for mut stream in streams {
+        while stream.message().await.unwrap().is_some() {}
+    }
+    let reply = greedy.ask(request).await.unwrap().into_inner();
+    assert_ne!(reply.answer, "?");
+    cluster.stop().await;
+}

@@ -96,6 +96,9 @@ pub struct CoordinatorOptions {
     /// Trees evaluated at once; more are refused with RESOURCE_EXHAUSTED.
     #[arg(long, default_value_t = CoordinatorConfig::default().max_trees)]
     max_trees: usize,
+    /// Trees one client (a token's name; without tokens, a connection) may have in flight.
+    #[arg(long, default_value_t = CoordinatorConfig::default().max_trees_per_client)]
+    max_trees_per_client: usize,
     /// Calls in flight per worker (batches grow while they wait).
     #[arg(long, default_value_t = PoolConfig::default().max_in_flight_per_worker)]
     max_in_flight_per_worker: usize,
@@ -160,6 +163,7 @@ fn coordinator_config(o: &CoordinatorOptions) -> Result<CoordinatorConfig> {
     };
     Ok(CoordinatorConfig {
         max_trees: o.max_trees.max(1),
+        max_trees_per_client: o.max_trees_per_client.max(1),
         limits: AskLimits {
             max_depth: o.max_depth,
             max_nodes: o.max_nodes.max(1),

@@ -58,6 +58,9 @@ pub struct CoordinatorConfig {
     pub remote: RemoteConfig,
     /// Client tokens (see [`auth`]); `None` lets every caller in as one anonymous client.
     pub tokens: Option<Arc<Tokens>>,
+    /// Trees one client may have in flight at once (a client is its token's name, or without
+    /// tokens its connection): no single client can take every slot.
+    pub max_trees_per_client: usize,
     /// A client connection without traffic for this long is closed (at least a second longer
     /// than `limits.max_deadline`, since a unary tree is silent until it ends).
     pub idle_close: Duration,
@@ -67,6 +70,7 @@ impl Default for CoordinatorConfig {
     fn default() -> Self {
         Self {
             max_trees: 1024,
+            max_trees_per_client: 512,
             default_budget: Budget {
                 max_depth: None,
                 max_nodes: Some(100_000),
@@ -284,7 +288,37 @@ pub struct CoordinatorService {
     trees: Arc<Semaphore>,
     trees_total: AtomicU64,
     traces: Mutex<TraceStore>,
+    /// Trees in flight per client (see [`CoordinatorConfig::max_trees_per_client`]).
+    per_client: Arc<Mutex<HashMap<String, usize>>>,
     config: CoordinatorConfig,
+}
+
+/// One tree's hold on its client's share of the slots, given back when dropped.
+struct ClientSlot {
+    counts: Arc<Mutex<HashMap<String, usize>>>,
+    client: String,
+}
+
+impl Drop for ClientSlot {
+    fn drop(&mut self) {
+        let mut counts = self.counts.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = counts.get_mut(&self.client) {
+            *n -= 1;
+            if *n == 0 {
+                counts.remove(&self.client);
+            }
+        }
+    }
+}
+
+/// Who a call counts against for [`CoordinatorConfig::max_trees_per_client`]: the token's name,
+/// or without tokens the connection the call came on.
+fn client_key<T>(name: &ClientName, request: &Request<T>) -> String {
+    match (name, request.remote_addr()) {
+        (Some(name), _) => format!("client {name:?}"),
+        (None, Some(addr)) => format!("connection {addr}"),
+        (None, None) => "an unknown connection".to_string(),
+    }
 }
 
 impl CoordinatorService {
@@ -308,6 +342,7 @@ impl CoordinatorService {
             trees: Arc::new(Semaphore::new(config.max_trees.max(1))),
             trees_total: AtomicU64::new(0),
             traces: Mutex::new(TraceStore::default()),
+            per_client: Arc::default(),
             config,
         })
     }
@@ -356,15 +391,35 @@ impl CoordinatorService {
         }
     }
 
+    /// Takes one of `key`'s slots, unless it holds its maximum already.
+    fn client_slot(&self, key: String) -> Result<ClientSlot, ServiceError> {
+        let max = self.config.max_trees_per_client.max(1);
+        let mut counts = self.per_client.lock().unwrap_or_else(|p| p.into_inner());
+        let n = counts.entry(key.clone()).or_default();
+        if *n >= max {
+            return Err(ServiceError::ResourceExhausted(format!(
+                "{key} has {max} trees in flight, the most one client may have: retry when one \
+                 finishes"
+            )));
+        }
+        *n += 1;
+        Ok(ClientSlot {
+            counts: self.per_client.clone(),
+            client: key,
+        })
+    }
+
     async fn run(
         &self,
         client: ClientName,
+        key: String,
         query: AskQuery,
         client_timeout: Option<Duration>,
         events: Option<EventSender>,
         parent: Option<(u128, u64)>,
     ) -> Result<AskReply, ServiceError> {
         let (budget, call_deadline) = self.budget(&query, client_timeout);
+        let _client_slot = self.client_slot(key)?;
         let _slot = self.trees.clone().try_acquire_owned().map_err(|_| {
             ServiceError::ResourceExhausted(format!(
                 "the coordinator is evaluating its maximum of {} trees: retry later",
@@ -471,10 +526,11 @@ impl pb::coordinator_server::Coordinator for Arc<CoordinatorService> {
         request: Request<pb::AskRequest>,
     ) -> Result<Response<pb::AskResponse>, Status> {
         let client = self.authorize(&request, Right::Ask)?;
+        let key = client_key(&client, &request);
         let timeout = request_timeout(&request);
         let (parent, _) = telemetry::of_request(&request);
         let query = AskQuery::decode(request.into_inner(), &self.config.limits)?;
-        let reply = self.run(client, query, timeout, None, parent).await?;
+        let reply = self.run(client, key, query, timeout, None, parent).await?;
         Ok(Response::new(reply.encode()))
     }
 
@@ -485,6 +541,7 @@ impl pb::coordinator_server::Coordinator for Arc<CoordinatorService> {
         request: Request<pb::AskRequest>,
     ) -> Result<Response<Self::AskStreamStream>, Status> {
         let client = self.authorize(&request, Right::Ask)?;
+        let key = client_key(&client, &request);
         let timeout = request_timeout(&request);
         let (parent, _) = telemetry::of_request(&request);
         // Decoded before streaming, so bad requests get a status rather than a broken stream.
@@ -501,7 +558,7 @@ impl pb::coordinator_server::Coordinator for Arc<CoordinatorService> {
             // The tree lives as long as the client listens: when the stream is dropped, `closed`
             // fires and the tree future (and its worker calls) are dropped.
             tokio::select! {
-                result = service.run(client, query, timeout, Some(events.clone()), parent) => {
+                result = service.run(client, key, query, timeout, Some(events.clone()), parent) => {
                     let sent = match result {
                         Ok(reply) => events.send(Ok(TreeEvent::Done(Box::new(reply)).encode())).await,
                         Err(e) => Err(e),
