@@ -55,6 +55,19 @@ fn ask(domain: DomainKind, instance: String, question: String, mode: &str) -> pb
     }
 }
 
+/// A tree that takes a while over slow workers: permutation powering at hch:3, whose 8 leaf calls
+/// go one after another.
+fn sequential_tree(seed: u64) -> pb::AskRequest {
+    let d = hch::domain::permutation::Permutation;
+    let inst = Instance::generate(&d, 64, seed).unwrap();
+    ask(
+        DomainKind::Permutation,
+        d.print_facts(inst.facts()),
+        "sigma^63(2)".into(),
+        "hch:3",
+    )
+}
+
 /// (instance text, question text, true answer text) for a few seeded questions.
 fn cases<D: Domain>(d: &D, size: usize, n: u64) -> Vec<(String, String, String)> {
     (0..n)
@@ -729,14 +742,7 @@ async fn the_coordinator_caps_concurrent_trees() {
     .await;
     let mut first = client(&cluster).await;
     let mut second = first.clone();
-    let d = hch::domain::permutation::Permutation;
-    let inst = Instance::generate(&d, 64, 3).unwrap();
-    let request = ask(
-        DomainKind::Permutation,
-        d.print_facts(inst.facts()),
-        "sigma^63(2)".into(),
-        "hch:3",
-    );
+    let request = sequential_tree(3);
     let mut stream = first
         .ask_stream(request.clone())
         .await
@@ -820,16 +826,7 @@ async fn a_calls_deadline_is_deadline_exceeded_and_a_budgets_is_an_answer() {
     )
     .await;
     let mut client = client(&cluster).await;
-    let d = hch::domain::permutation::Permutation;
-    let inst = Instance::generate(&d, 64, 11).unwrap();
-    let request = || {
-        ask(
-            DomainKind::Permutation,
-            d.print_facts(inst.facts()),
-            "sigma^63(5)".into(),
-            "hch:3",
-        )
-    };
+    let request = || sequential_tree(11);
 
     let mut call = tonic::Request::new(request());
     call.set_timeout(Duration::from_millis(150));
@@ -866,14 +863,7 @@ async fn one_client_cannot_take_every_tree_slot() {
     )
     .await;
     let mut greedy = client(&cluster).await;
-    let d = hch::domain::permutation::Permutation;
-    let inst = Instance::generate(&d, 64, 3).unwrap();
-    let request = ask(
-        DomainKind::Permutation,
-        d.print_facts(inst.facts()),
-        "sigma^63(2)".into(),
-        "hch:3",
-    );
+    let request = sequential_tree(3);
     let mut streams = Vec::new();
     for _ in 0..2 {
         let mut stream = greedy
