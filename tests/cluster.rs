@@ -891,3 +891,73 @@ async fn one_client_cannot_take_every_tree_slot() {
     assert_ne!(reply.answer, "?");
     cluster.stop().await;
 }
+
+/// Ten times the load the coordinator takes at once: the excess is shed with
+/// RESOURCE_EXHAUSTED, never another error and never a wrong answer; every tree admitted is
+/// answered right; and once the burst is over the cluster serves normally, with its slots free.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ten_times_the_load_is_shed_and_nothing_else_breaks() {
+    const SLOTS: usize = 8;
+    let config = CoordinatorConfig {
+        max_trees: SLOTS,
+        ..CoordinatorConfig::default()
+    };
+    let cluster = cluster(
+        2,
+        Duration::from_millis(20),
+        WorkerConfig::default(),
+        config,
+    )
+    .await;
+    let d = hch::domain::union_find::UnionFind;
+    let cases = cases(&d, 16, 10 * SLOTS as u64);
+    // Each call on a connection of its own, so the per-client share does not come into it; all
+    // connected first, so the calls arrive together.
+    let mut clients = Vec::new();
+    for _ in &cases {
+        clients.push(client(&cluster).await);
+    }
+    let calls: Vec<_> = clients
+        .into_iter()
+        .zip(cases.clone())
+        .map(|(mut client, (facts, question, truth))| {
+            tokio::spawn(async move {
+                let request = ask(DomainKind::UnionFind, facts, question, "hch:3");
+                (client.ask(request).await, truth)
+            })
+        })
+        .collect();
+    let (mut answered, mut shed) = (0, 0);
+    for call in calls {
+        match call.await.unwrap() {
+            (Ok(reply), truth) => {
+                assert_eq!(reply.into_inner().answer, truth);
+                answered += 1;
+            }
+            (Err(status), _) => {
+                assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
+                shed += 1;
+            }
+        }
+    }
+    eprintln!("{answered} answered, {shed} shed");
+    assert!(answered >= SLOTS, "{answered} answered, {shed} shed");
+    assert!(shed > 0, "nothing was shed: the load never reached the cap");
+
+    // After the burst: every slot is free and trees are answered.
+    let mut client = client(&cluster).await;
+    let status = client
+        .status(pb::StatusRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(status.trees_in_flight, 0);
+    for (facts, question, truth) in cases.into_iter().take(SLOTS) {
+        let request = ask(DomainKind::UnionFind, facts, question, "hch:3");
+        assert_eq!(
+            client.ask(request).await.unwrap().into_inner().answer,
+            truth
+        );
+    }
+    cluster.stop().await;
+}
