@@ -961,3 +961,41 @@ async fn ten_times_the_load_is_shed_and_nothing_else_breaks() {
     }
     cluster.stop().await;
 }
+
+/// The operator's size limits: an instance text over `max_instance_bytes` is refused by name
+/// (INVALID_ARGUMENT), and a message over `max_message_bytes` is refused by tonic before it is
+/// decoded, naming both sizes; requests within both are served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn instance_and_message_sizes_are_the_operators_to_set() {
+    let config = CoordinatorConfig {
+        limits: AskLimits {
+            max_instance_bytes: 700,
+            ..AskLimits::default()
+        },
+        max_message_bytes: 2048,
+        ..CoordinatorConfig::default()
+    };
+    let cluster = cluster(1, Duration::ZERO, WorkerConfig::default(), config).await;
+    let mut client = client(&cluster).await;
+    let d = hch::domain::permutation::Permutation;
+    let facts = |size| d.print_facts(Instance::generate(&d, size, 1).unwrap().facts());
+    let request = |facts: String| ask(DomainKind::Permutation, facts, "sigma^3(1)".into(), "hch:2");
+
+    let small = facts(16);
+    assert!(small.len() <= 700);
+    assert!(client.ask(request(small)).await.is_ok());
+
+    let padded = format!("{}{}", facts(16), " ".repeat(800));
+    let status = client.ask(request(padded)).await.unwrap_err();
+    assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+    assert!(status.message().contains("the limit is 700"), "{status:?}");
+
+    let huge = format!("{}{}", facts(16), " ".repeat(4000));
+    let status = client.ask(request(huge)).await.unwrap_err();
+    assert!(
+        matches!(status.code(), Code::OutOfRange | Code::ResourceExhausted),
+        "{status:?}"
+    );
+    assert!(status.message().contains("2048"), "{status:?}");
+    cluster.stop().await;
+}

@@ -111,6 +111,12 @@ pub struct CoordinatorOptions {
     /// The longest deadline a client may ask for, in milliseconds.
     #[arg(long, default_value_t = AskLimits::default().max_deadline.as_millis() as u64)]
     max_deadline_ms: u64,
+    /// The longest instance text a client may send, in bytes.
+    #[arg(long, default_value_t = AskLimits::default().max_instance_bytes)]
+    max_instance_bytes: usize,
+    /// The largest gRPC message a client may send or receive, in MiB.
+    #[arg(long, default_value_t = CoordinatorConfig::default().max_message_bytes >> 20)]
+    max_message_mib: usize,
     /// Client tokens (JSON; see `hch token`): every call then needs a token with the right to
     /// it. Without it, anyone who reaches the port may ask.
     #[arg(long)]
@@ -168,7 +174,9 @@ fn coordinator_config(o: &CoordinatorOptions) -> Result<CoordinatorConfig> {
             max_depth: o.max_depth,
             max_nodes: o.max_nodes.max(1),
             max_deadline: Duration::from_millis(o.max_deadline_ms.max(1)),
+            max_instance_bytes: o.max_instance_bytes.max(1),
         },
+        max_message_bytes: o.max_message_mib.max(1) << 20,
         tokens,
         traces_kept: o.traces_kept,
         trace_bytes: o.trace_memory_mib << 20,

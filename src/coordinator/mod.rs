@@ -47,6 +47,8 @@ pub struct CoordinatorConfig {
     pub default_budget: Budget,
     /// The largest budget a request may ask for.
     pub limits: AskLimits,
+    /// The largest gRPC message a client may send or be sent.
+    pub max_message_bytes: usize,
     /// Finished traces kept for GetTrace: at most this many, holding at most `trace_bytes` of
     /// memory together (the oldest go first; a trace larger than that alone is not kept).
     pub traces_kept: usize,
@@ -77,6 +79,7 @@ impl Default for CoordinatorConfig {
                 deadline: Some(Duration::from_secs(30)),
             },
             limits: AskLimits::default(),
+            max_message_bytes: crate::rpc::limits::MAX_MESSAGE_BYTES,
             traces_kept: 1024,
             trace_bytes: 64 << 20,
             stream_buffer: 256,
@@ -349,6 +352,11 @@ impl CoordinatorService {
 
     pub fn pool(&self) -> &Arc<Pool> {
         &self.pool
+    }
+
+    /// The largest gRPC message a client may send or be sent.
+    pub fn max_message_bytes(&self) -> usize {
+        self.config.max_message_bytes
     }
 
     /// How long a client connection may stay silent: the setting, or a second more than the

@@ -29,6 +29,9 @@ pub struct AskLimits {
     pub max_nodes: u64,
     /// The longest deadline a request may ask for.
     pub max_deadline: Duration,
+    /// The longest instance text a request may carry, in bytes (a full-size instance is under
+    /// 2 KiB; lower it to refuse padded requests early).
+    pub max_instance_bytes: usize,
 }
 
 impl Default for AskLimits {
@@ -37,6 +40,7 @@ impl Default for AskLimits {
             max_depth: 256,
             max_nodes: 10_000_000,
             max_deadline: Duration::from_secs(600),
+            max_instance_bytes: limits::MAX_FACTS_BYTES,
         }
     }
 }
@@ -88,7 +92,7 @@ impl AskQuery {
         let domain: DomainKind = request.domain.parse()?;
         let instance = match request.instance {
             Some(pb::ask_request::Instance::InstanceText(text)) => {
-                limits::check_bytes("instance text", &text, limits::MAX_FACTS_BYTES)?;
+                limits::check_bytes("instance text", &text, limits.max_instance_bytes)?;
                 InstanceSpec::Text(text)
             }
             Some(pb::ask_request::Instance::Generated(g)) => {
@@ -649,6 +653,7 @@ mod tests {
             max_depth: 8,
             max_nodes: 100,
             max_deadline: Duration::from_secs(1),
+            max_instance_bytes: 256,
         };
         let base = || query().encode();
         let cases: Vec<(pb::AskRequest, &str)> = vec![
@@ -668,12 +673,10 @@ mod tests {
             ),
             (
                 pb::AskRequest {
-                    instance: Some(pb::ask_request::Instance::InstanceText(
-                        "0".repeat(limits::MAX_FACTS_BYTES + 1),
-                    )),
+                    instance: Some(pb::ask_request::Instance::InstanceText("0".repeat(257))),
                     ..base()
                 },
-                "instance text",
+                "instance text is 257 bytes; the limit is 256",
             ),
             (
                 pb::AskRequest {

@@ -175,9 +175,10 @@ pub async fn serve_coordinator(
     // A unary tree is silent on its connection until it ends: a connection is idle only after
     // longer than the longest deadline a client may ask for.
     let idle = service.idle_close();
+    let max_message = service.max_message_bytes();
     let service = pb::coordinator_server::CoordinatorServer::new(service)
-        .max_decoding_message_size(limits::MAX_MESSAGE_BYTES)
-        .max_encoding_message_size(limits::MAX_MESSAGE_BYTES);
+        .max_decoding_message_size(max_message)
+        .max_encoding_message_size(max_message);
     with_grace(shutdown, |signal| {
         Server::builder()
             .add_service(health)
