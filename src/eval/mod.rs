@@ -499,13 +499,7 @@ impl<D: Domain> TreeState<D> {
             };
         }
         let asked = AtomicU32::new(0);
-        let ask = Ask {
-            tree: self,
-            depth: depth + 1,
-            parent: id,
-            asked: &asked,
-            probe: false,
-        };
+        let ask = self.ask(depth, id, &asked, false);
         let answer = self
             .domain
             .oversee(self.instance.facts(), question, ask)
@@ -516,6 +510,18 @@ impl<D: Domain> TreeState<D> {
             AnsweredBy::Simple
         };
         (answer, by, None)
+    }
+
+    /// The handle H, working on node `id` at `depth`, asks its subquestions through (counted in
+    /// `asked`; with `probe`, recorded but never answered).
+    fn ask<'a>(&'a self, depth: u32, id: NodeId, asked: &'a AtomicU32, probe: bool) -> Ask<'a, D> {
+        Ask {
+            tree: self,
+            depth: depth + 1,
+            parent: id,
+            asked,
+            probe,
+        }
     }
 
     /// H's answer to a subquestion it can answer from the facts alone, without asking anything
@@ -531,13 +537,7 @@ impl<D: Domain> TreeState<D> {
             return None;
         }
         let asked = AtomicU32::new(0);
-        let ask = Ask {
-            tree: self,
-            depth: depth + 1,
-            parent: id,
-            asked: &asked,
-            probe: true,
-        };
+        let ask = self.ask(depth, id, &asked, true);
         let answer = futures::FutureExt::now_or_never(self.domain.oversee(
             self.instance.facts(),
             question,

@@ -124,9 +124,13 @@ impl<D: Domain + Copy> Run<D> {
     /// The same held-out questions with their true answers and difficulties (ground truth:
     /// reports only).
     pub(super) fn heldout(&self, stage: Stage) -> Result<Vec<Example<D>>, TrainError> {
+        Ok(self.with_truth(self.heldout_questions(stage)?))
+    }
+
+    /// `questions` with their true answers and difficulties (ground truth: reports only).
+    fn with_truth(&self, questions: Vec<Question<D>>) -> Vec<Example<D>> {
         let d = &self.domain;
-        Ok(self
-            .heldout_questions(stage)?
+        questions
             .into_iter()
             .map(|(instance, question)| Example {
                 target: d.truth(instance.facts(), &question),
@@ -134,7 +138,7 @@ impl<D: Domain + Copy> Run<D> {
                 instance,
                 question,
             })
-            .collect())
+            .collect()
     }
 
     /// The range of `questions`' visible difficulties: (easiest, hardest), `None` for a domain
@@ -268,10 +272,12 @@ impl<D: Domain + Copy> Run<D> {
         judge: &'j mut Judge<D>,
         stage: Stage,
     ) -> Result<&'j [Example<D>], TrainError> {
-        Ok(match judge.examples.entry(stage) {
-            Entry::Occupied(e) => e.into_mut(),
-            Entry::Vacant(e) => e.insert(self.heldout(stage)?),
-        })
+        if !judge.examples.contains_key(&stage) {
+            // The questions the gate judged the stage on, with their answers.
+            let questions = self.questions_at(judge, stage)?.to_vec();
+            judge.examples.insert(stage, self.with_truth(questions));
+        }
+        Ok(&judge.examples[&stage])
     }
 
     /// The report on `model` after a round at `stage`: accuracies against the truth.

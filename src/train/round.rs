@@ -5,7 +5,6 @@
 use std::time::Instant;
 
 use super::amplify::TargetSource;
-use super::checkpoint::Checkpoints;
 use super::decide::{self, Stage};
 use super::evaluate::Judge;
 use super::record::{by_difficulty, finite, read_record};
@@ -102,7 +101,7 @@ impl<D: Domain + Copy> Run<D> {
             None
         } else {
             let model = loaded.model.duplicate()?;
-            self.checkpoints()?
+            self.checkpoints
                 .load(latest.generation, model, config.clone())?
         };
         let trainer = match checkpoint {
@@ -130,10 +129,6 @@ impl<D: Domain + Copy> Run<D> {
             student.replay.extend([example]);
         }
         Ok(student)
-    }
-
-    fn checkpoints(&self) -> Result<Checkpoints, TrainError> {
-        Checkpoints::open(self.dir.join("checkpoints"))
     }
 
     /// Round n: the stage `last` chose, targets from X_n, the student distilled on them, its
@@ -280,8 +275,7 @@ impl<D: Domain + Copy> Run<D> {
             }
         );
         let parent = latest_generation(&self.registry)?;
-        let checkpoints = self.checkpoints()?;
-        checkpoints.save(parent + 1, trainer)?;
+        self.checkpoints.save(parent + 1, trainer)?;
         let manifest = generation::publish(
             &self.registry,
             trainer.teacher(),
@@ -291,7 +285,7 @@ impl<D: Domain + Copy> Run<D> {
             note,
         )?;
         debug_assert_eq!(manifest.generation, parent + 1);
-        checkpoints.prune(manifest.generation)?;
+        self.checkpoints.prune(manifest.generation)?;
         if record.promoted {
             self.registry.promote(manifest.generation)?;
             source.serve(&manifest).await?;

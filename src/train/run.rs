@@ -3,6 +3,7 @@
 
 use std::path::{Path, PathBuf};
 
+use super::checkpoint::Checkpoints;
 use super::config::{differences, RUN_FILE};
 use super::decide::{self, Stage};
 use super::record::{by_difficulty, read_record, read_records};
@@ -22,6 +23,7 @@ pub struct Run<D: Domain + Copy> {
     pub(super) config: RunConfig,
     pub(super) registry: Registry,
     pub(super) store: TargetStore,
+    pub(super) checkpoints: Checkpoints,
 }
 
 impl<D: Domain + Copy> Run<D> {
@@ -69,12 +71,14 @@ impl<D: Domain + Copy> Run<D> {
         }
         let registry = Registry::open(dir.join("registry"))?;
         let store = TargetStore::open(dir.join("targets"), D::KIND.name())?;
+        let checkpoints = Checkpoints::open(dir.join("checkpoints"))?;
         Ok(Self {
             domain,
             dir,
             config,
             registry,
             store,
+            checkpoints,
         })
     }
 
