@@ -12,6 +12,7 @@
 //!   published atomically) and the `CURRENT` pointer to the one in use.
 //! - [`fsutil`]: crash-safe file writing (temporary file, fsync, rename) and streaming SHA-256.
 //! - [`text`]: the parser toolkit behind the text syntax and its pointed error messages.
+//! - [`tls`]: transport security: TLS and mutual TLS from PEM files, reloaded when they change.
 //! - [`rng`]: the reproducible random stream instances are generated from.
 //! - [`rpc`]: the wire (generated code, each message's encode/decode pair, the error-to-status
 //!   mapping); [`worker`], [`coordinator`], [`server`]: the distributed system over gRPC.
@@ -53,6 +54,7 @@ pub mod rng;
 pub mod rpc;
 pub mod server;
 pub mod text;
+pub mod tls;
 #[cfg(feature = "model")]
 pub mod train;
 pub mod worker;

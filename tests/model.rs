@@ -413,13 +413,20 @@ fn the_trainers_adam_steps_like_libtorchs() {
     let a = trainer.model().var_store().variables();
     let b = theirs.var_store().variables();
     // Five steps of 1e-3 each: a wrong moment, bias correction or clip would be off by about
-    // 1e-3. The two sum in slightly different orders, and a parameter whose gradient is only
-    // rounding noise (an attention key's bias, to which softmax is blind) takes steps of about
-    // the learning rate in a direction that noise picks, so the tolerance is a tenth of a step.
+    // 1e-3, and the tolerance is a tenth of a step. The attention keys' biases are left out: the
+    // softmax is blind to them, so their gradient is rounding noise, which Adam normalises into
+    // steps of about the learning rate in a direction the noise picks (the two sum in slightly
+    // different orders, and under load libtorch's threads split the sums differently again).
+    let mut compared = 0;
     for (name, t) in &a {
+        if name.ends_with(".k.bias") {
+            continue;
+        }
+        compared += 1;
         let diff = (t - &b[name]).abs().max().double_value(&[]);
         assert!(diff < 1e-4, "{name} differs by {diff}");
     }
+    assert!(compared > 10, "only {compared} parameters compared");
 }
 
 /// The teacher is the running average of the student while the horizon ramps up (here, over

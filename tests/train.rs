@@ -40,7 +40,7 @@ async fn amplification_alone_raises_held_out_accuracy() {
     })
     .await
     .unwrap();
-    let source = RemoteAmplifier::connect(domain, &cluster.coordinator.addr.to_string())
+    let source = RemoteAmplifier::connect(domain, &cluster.coordinator.addr.to_string(), None)
         .await
         .unwrap();
 

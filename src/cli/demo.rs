@@ -99,6 +99,7 @@ pub async fn demo(args: DemoArgs) -> Result<()> {
         workers: args.workers,
         coordinator: None,
         token: None,
+        tls: Default::default(),
         local: false,
     };
     let stop = StopAt {

@@ -87,6 +87,9 @@ pub struct LoadtestArgs {
     /// the raw baseline's Status calls need the status right).
     #[arg(long, requires = "coordinator")]
     token: Option<String>,
+    /// With --coordinator: TLS to it (and to --worker).
+    #[command(flatten)]
+    tls: super::ClientTlsArgs,
 }
 
 fn url(addr: &str) -> String {
@@ -189,16 +192,14 @@ fn percentiles(mut v: Vec<Duration>) -> String {
     )
 }
 
-async fn connect(addr: &str, n: usize) -> Result<Vec<tonic::transport::Channel>> {
+async fn connect(
+    addr: &str,
+    n: usize,
+    tls: &super::ClientTlsArgs,
+) -> Result<Vec<tonic::transport::Channel>> {
     let mut channels = Vec::new();
     for _ in 0..n.max(1) {
-        channels.push(
-            tonic::transport::Endpoint::from_shared(addr.to_string())?
-                .tcp_nodelay(true)
-                .connect()
-                .await
-                .with_context(|| format!("connecting to {addr}"))?,
-        );
+        channels.push(tls.connect(addr).await?);
     }
     Ok(channels)
 }
@@ -290,7 +291,7 @@ pub async fn run(args: LoadtestArgs) -> Result<()> {
     for connections in [1, 2, 4] {
         let raw = match &raw_target {
             Some(worker) => {
-                let channels = connect(worker, connections).await?;
+                let channels = connect(worker, connections, &args.tls).await?;
                 phase(args.clients, period, |i| {
                     let client =
                         pb::worker_client::WorkerClient::new(channels[i % connections].clone());
@@ -302,7 +303,7 @@ pub async fn run(args: LoadtestArgs) -> Result<()> {
                 .await?
             }
             None => {
-                let channels = connect(&coordinator_addr, connections).await?;
+                let channels = connect(&coordinator_addr, connections, &args.tls).await?;
                 phase(args.clients, period, |i| {
                     let client = pb::coordinator_client::CoordinatorClient::new(
                         channels[i % connections].clone(),
@@ -337,7 +338,7 @@ pub async fn run(args: LoadtestArgs) -> Result<()> {
     // Phase 2: trees through the coordinator.
     // Subquestions are counted from the trees' own statistics (questions sent to the answerer),
     // which a client sees whether the cluster is embedded or remote.
-    let channels = connect(&coordinator_addr, args.connections).await?;
+    let channels = connect(&coordinator_addr, args.connections, &args.tls).await?;
     let worker_totals = |cluster: &Option<Cluster>| {
         cluster
             .iter()

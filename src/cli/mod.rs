@@ -164,6 +164,69 @@ pub(crate) struct AskArgs {
     /// The client token for a coordinator that requires one (`hch token`).
     #[arg(long, requires = "addr")]
     pub(crate) token: Option<String>,
+    #[command(flatten)]
+    pub(crate) tls: ClientTlsArgs,
+}
+
+/// How a client reaches a server over TLS.
+#[derive(Args, Debug, Clone, Default)]
+pub struct ClientTlsArgs {
+    /// Connect over TLS, trusting servers whose certificates chain to this CA (PEM).
+    #[arg(long)]
+    pub tls_ca: Option<PathBuf>,
+    /// Present this client certificate chain (PEM) for mutual TLS ...
+    #[arg(long, requires = "tls_ca", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// ... with this private key (PEM).
+    #[arg(long, requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+    /// Verify the server's certificate as this name instead of the host in the address.
+    #[arg(long, requires = "tls_ca")]
+    pub tls_server_name: Option<String>,
+}
+
+impl ClientTlsArgs {
+    /// The loaded configuration, or `None` for plain TCP. An `https://` address without a CA is
+    /// refused rather than silently sent in the clear.
+    pub fn load(&self, address: &str) -> Result<Option<Arc<crate::tls::ClientTls>>> {
+        let Some(ca) = &self.tls_ca else {
+            if address.starts_with("https://") {
+                bail!(
+                    "{address} is https: give the CA that signed its certificate (--tls-ca FILE)"
+                );
+            }
+            return Ok(None);
+        };
+        let files = crate::tls::ClientTlsFiles {
+            ca: ca.clone(),
+            identity: self.tls_cert.clone().zip(self.tls_key.clone()),
+            server_name: self.tls_server_name.clone(),
+        };
+        Ok(Some(crate::tls::ClientTls::load(files)?))
+    }
+
+    /// A channel to `address`, connected now.
+    pub async fn connect(&self, address: &str) -> Result<tonic::transport::Channel> {
+        let tls = self.load(address)?;
+        let endpoint = crate::tls::endpoint(address)
+            .map_err(anyhow::Error::msg)?
+            .tcp_nodelay(true);
+        crate::tls::connect(endpoint, tls)
+            .await
+            .map_err(|e| anyhow::anyhow!("connecting to {address}: {}", error_chain(&e)))
+    }
+}
+
+/// An error and its causes on one line (tonic's transport errors say little at the top).
+fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
 }
 
 #[derive(Args, Debug)]

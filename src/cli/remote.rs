@@ -11,9 +11,12 @@ use crate::rpc::{pb, ServiceError};
 
 pub async fn ask(args: AskArgs) -> Result<()> {
     let addr = args.addr.clone().unwrap_or_default();
-    let mut client = pb::coordinator_client::CoordinatorClient::connect(addr.clone())
+    let channel = args
+        .tls
+        .connect(&addr)
         .await
-        .with_context(|| format!("connecting to the coordinator at {addr}"))?;
+        .context("reaching the coordinator")?;
+    let mut client = pb::coordinator_client::CoordinatorClient::new(channel);
     let instance = match (&args.instance.instance, &args.instance.instance_file) {
         (Some(text), _) => InstanceSpec::Text(text.clone()),
         (None, Some(path)) => InstanceSpec::Text(

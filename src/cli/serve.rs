@@ -4,6 +4,7 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
@@ -16,6 +17,7 @@ use crate::coordinator::CoordinatorConfig;
 use crate::domain::DomainKind;
 use crate::rpc::coordinator::AskLimits;
 use crate::server::{self, Cluster, ClusterConfig};
+use crate::tls::{ClientAuth, ClientTls, ClientTlsFiles, ServerTls, ServerTlsFiles};
 use crate::worker::{Serving, Worker, WorkerConfig};
 
 /// What the workers answer with.
@@ -81,6 +83,44 @@ impl ServingArgs {
     }
 }
 
+/// TLS on a server's listener. The files are re-read every few seconds; a change that loads is
+/// used for new connections, one that does not is logged and ignored.
+#[derive(Args, Debug, Clone)]
+pub struct ServerTlsArgs {
+    /// Serve TLS with this certificate chain (PEM, leaf first) ...
+    #[arg(long, requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// ... and this private key (PEM).
+    #[arg(long, requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    /// Verify client certificates against this CA (PEM). A worker requires one from every
+    /// caller; a coordinator accepts clients with or without one.
+    #[arg(long, requires = "tls_cert")]
+    tls_client_ca: Option<PathBuf>,
+}
+
+impl ServerTlsArgs {
+    fn load(&self, client_cert_required: bool) -> Result<Option<Arc<ServerTls>>> {
+        let (Some(cert), Some(key)) = (&self.tls_cert, &self.tls_key) else {
+            return Ok(None);
+        };
+        let client_auth = match (&self.tls_client_ca, client_cert_required) {
+            (None, false) => ClientAuth::None,
+            (None, true) => bail!(
+                "a worker over TLS needs --tls-client-ca: only callers with a certificate from \
+                 that CA (coordinators, the trainer) may call it"
+            ),
+            (Some(ca), false) => ClientAuth::Optional(ca.clone()),
+            (Some(ca), true) => ClientAuth::Required(ca.clone()),
+        };
+        Ok(Some(ServerTls::load(ServerTlsFiles {
+            cert: cert.clone(),
+            key: key.clone(),
+            client_auth,
+        })?))
+    }
+}
+
 #[derive(Args, Debug)]
 pub struct WorkerArgs {
     /// Address to listen on (port 0: any free port). Loopback unless told otherwise: a worker
@@ -89,6 +129,8 @@ pub struct WorkerArgs {
     listen: SocketAddr,
     #[command(flatten)]
     serving: ServingArgs,
+    #[command(flatten)]
+    tls: ServerTlsArgs,
 }
 
 #[derive(Args, Debug, Clone)]
@@ -127,6 +169,8 @@ pub struct CoordinatorOptions {
     /// ... holding at most this many MiB together.
     #[arg(long, default_value_t = CoordinatorConfig::default().trace_bytes >> 20)]
     trace_memory_mib: usize,
+    #[command(flatten)]
+    tls: ServerTlsArgs,
 }
 
 #[derive(Args, Debug)]
@@ -142,8 +186,37 @@ pub struct CoordinatorArgs {
     /// re-resolved every few seconds.
     #[arg(long)]
     workers_dns: Option<String>,
+    /// Mutual TLS to the workers: the CA their certificates chain to (PEM) ...
+    #[arg(long, requires = "worker_tls_cert")]
+    worker_tls_ca: Option<PathBuf>,
+    /// ... the coordinator's client certificate chain (PEM), from the CA the workers require ...
+    #[arg(long, requires = "worker_tls_ca", requires = "worker_tls_key")]
+    worker_tls_cert: Option<PathBuf>,
+    /// ... its private key (PEM) ...
+    #[arg(long, requires = "worker_tls_cert")]
+    worker_tls_key: Option<PathBuf>,
+    /// ... and the name to verify the workers' certificates as (workers found by DNS are
+    /// dialled by address, which their certificates need not name).
+    #[arg(long, requires = "worker_tls_ca")]
+    worker_tls_name: Option<String>,
     #[command(flatten)]
     options: CoordinatorOptions,
+}
+
+impl CoordinatorArgs {
+    fn worker_tls(&self) -> Result<Option<Arc<ClientTls>>> {
+        let Some(ca) = &self.worker_tls_ca else {
+            return Ok(None);
+        };
+        Ok(Some(ClientTls::load(ClientTlsFiles {
+            ca: ca.clone(),
+            identity: self
+                .worker_tls_cert
+                .clone()
+                .zip(self.worker_tls_key.clone()),
+            server_name: self.worker_tls_name.clone(),
+        })?))
+    }
 }
 
 #[derive(Args, Debug)]
@@ -180,6 +253,7 @@ fn coordinator_config(o: &CoordinatorOptions) -> Result<CoordinatorConfig> {
         tokens,
         traces_kept: o.traces_kept,
         trace_bytes: o.trace_memory_mib << 20,
+        tls: o.tls.load(false)?,
         ..CoordinatorConfig::default()
     })
 }
@@ -223,11 +297,15 @@ fn announce(what: &str, addr: SocketAddr) {
 
 pub async fn worker(args: WorkerArgs) -> Result<()> {
     let serving = args.serving.serving()?;
+    let config = WorkerConfig {
+        tls: args.tls.load(true)?,
+        ..args.serving.config()
+    };
     let listener = TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("binding {}", args.listen))?;
     announce("worker", listener.local_addr()?);
-    let worker = Worker::start(serving, args.serving.config());
+    let worker = Worker::start(serving, config);
     server::serve_worker(listener, worker, shutdown_signal()).await?;
     Ok(())
 }
@@ -240,13 +318,17 @@ pub async fn coordinator(args: CoordinatorArgs) -> Result<()> {
             bail!("give the workers: --workers host:port,... or --workers-dns name:port")
         }
     };
+    let pool = PoolConfig {
+        tls: args.worker_tls()?,
+        ..pool_config(&args.options, source)
+    };
+    let config = coordinator_config(&args.options)?;
     let listener = TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("binding {}", args.listen))?;
     announce("coordinator", listener.local_addr()?);
-    let pool = crate::coordinator::pool::Pool::start(pool_config(&args.options, source)).await;
-    let service =
-        crate::coordinator::CoordinatorService::new(pool, coordinator_config(&args.options)?);
+    let pool = crate::coordinator::pool::Pool::start(pool).await;
+    let service = crate::coordinator::CoordinatorService::new(pool, config);
     server::serve_coordinator(listener, service, shutdown_signal()).await?;
     Ok(())
 }

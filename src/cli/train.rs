@@ -151,6 +151,9 @@ pub struct EngineArgs {
     /// status rights).
     #[arg(long, requires = "coordinator")]
     pub token: Option<String>,
+    /// TLS to the coordinator.
+    #[command(flatten)]
+    pub tls: super::ClientTlsArgs,
     /// Evaluate trees in this process without gRPC (fastest on one machine).
     #[arg(long)]
     pub local: bool,
@@ -421,7 +424,8 @@ pub(super) async fn train_run<D: Domain + Copy>(
                 a
             }
         };
-        let mut remote = RemoteAmplifier::connect(domain, &address).await?;
+        let tls = engine.tls.load(&address)?;
+        let mut remote = RemoteAmplifier::connect(domain, &address, tls).await?;
         remote.token = engine.token.clone();
         Box::new(remote)
     };

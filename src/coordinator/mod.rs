@@ -66,6 +66,9 @@ pub struct CoordinatorConfig {
     /// A client connection without traffic for this long is closed (at least a second longer
     /// than `limits.max_deadline`, since a unary tree is silent until it ends).
     pub idle_close: Duration,
+    /// TLS for the coordinator's listener: its certificate, and optionally a CA whose client
+    /// certificates it accepts. `None`: plain TCP.
+    pub tls: Option<Arc<crate::tls::ServerTls>>,
 }
 
 impl Default for CoordinatorConfig {
@@ -87,6 +90,7 @@ impl Default for CoordinatorConfig {
             remote: RemoteConfig::default(),
             tokens: None,
             idle_close: Duration::from_secs(660),
+            tls: None,
         }
     }
 }
@@ -317,7 +321,8 @@ impl Drop for ClientSlot {
 /// Who a call counts against for [`CoordinatorConfig::max_trees_per_client`]: the token's name,
 /// or without tokens the connection the call came on.
 fn client_key<T>(name: &ClientName, request: &Request<T>) -> String {
-    match (name, request.remote_addr()) {
+    let remote = crate::server::PeerInfo::of(request).and_then(|p| p.remote);
+    match (name, remote) {
         (Some(name), _) => format!("client {name:?}"),
         (None, Some(addr)) => format!("connection {addr}"),
         (None, None) => "an unknown connection".to_string(),
@@ -352,6 +357,11 @@ impl CoordinatorService {
 
     pub fn pool(&self) -> &Arc<Pool> {
         &self.pool
+    }
+
+    /// The listener's TLS configuration, if any.
+    pub fn tls(&self) -> Option<Arc<crate::tls::ServerTls>> {
+        self.config.tls.clone()
     }
 
     /// The largest gRPC message a client may send or be sent.

@@ -41,6 +41,9 @@ pub struct PoolConfig {
     pub max_in_flight_per_worker: usize,
     /// Instance ids remembered per worker as "already has the facts".
     pub known_facts_per_worker: usize,
+    /// Mutual TLS to the workers: the CA their certificates chain to, the coordinator's client
+    /// certificate, and the name to verify them as. `None`: plain TCP.
+    pub tls: Option<Arc<crate::tls::ClientTls>>,
 }
 
 impl Default for PoolConfig {
@@ -51,6 +54,7 @@ impl Default for PoolConfig {
             down_for: Duration::from_secs(1),
             max_in_flight_per_worker: 16,
             known_facts_per_worker: 65_536,
+            tls: None,
         }
     }
 }
@@ -77,7 +81,8 @@ impl WorkerHandle {
             .tcp_nodelay(true)
             .http2_keep_alive_interval(Duration::from_secs(10))
             .keep_alive_while_idle(true);
-        let client = pb::worker_client::WorkerClient::new(endpoint.connect_lazy())
+        let channel = crate::tls::lazy_channel(endpoint, config.tls.clone());
+        let client = pb::worker_client::WorkerClient::new(channel)
             .max_decoding_message_size(limits::MAX_MESSAGE_BYTES)
             .max_encoding_message_size(limits::MAX_MESSAGE_BYTES);
         Some(Self {
@@ -178,6 +183,8 @@ pub struct Pool {
     workers: RwLock<Vec<Arc<WorkerHandle>>>,
     config: PoolConfig,
     next: AtomicUsize,
+    /// Re-reads the TLS files while the pool lives (new connections use the newest).
+    _tls_watch: Option<crate::server::AbortOnDrop>,
 }
 
 impl Pool {
@@ -186,6 +193,10 @@ impl Pool {
     pub async fn start(config: PoolConfig) -> Arc<Pool> {
         let pool = Arc::new(Pool {
             workers: RwLock::new(Vec::new()),
+            _tls_watch: config
+                .tls
+                .as_ref()
+                .map(|tls| crate::server::AbortOnDrop(tls.watch(crate::tls::RELOAD_EVERY))),
             config,
             next: AtomicUsize::new(0),
         });

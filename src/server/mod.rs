@@ -5,12 +5,14 @@
 //! Shutdown is graceful: when the shutdown future resolves the server stops accepting, lets
 //! requests in flight finish (for at most [`SHUTDOWN_GRACE`]), then returns.
 
+mod conn;
 mod idle;
+
+pub use conn::{PeerInfo, HANDSHAKE_TIMEOUT, MAX_ACCEPT_BACKOFF, MAX_HANDSHAKES};
 
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
 
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
@@ -60,55 +62,6 @@ where
 
 type BoxedSignal = std::pin::Pin<Box<dyn Future<Output = ()> + Send>>;
 
-/// The connections a server accepts, with Nagle's algorithm off on each. tonic's `tcp_nodelay`
-/// applies only to listeners it binds itself, not to a stream of accepted sockets like this one;
-/// with Nagle on, a small reply waits for the peer's delayed ACK, and a tree through a worker at
-/// low load took about 40 ms where the work is under one.
-///
-/// Accept errors never end the stream. An error about one connection (reset before it was
-/// accepted) is skipped; any other (out of file descriptors, out of memory) is logged and
-/// followed by a pause that doubles up to [`MAX_ACCEPT_BACKOFF`], so a server at its descriptor
-/// limit waits for connections to close instead of spinning a core on `accept`.
-///
-/// Each connection is closed after `idle` without traffic (see [`idle`]).
-fn incoming(
-    listener: TcpListener,
-    idle: Duration,
-) -> impl tokio_stream::Stream<Item = std::io::Result<idle::IdleClose<tokio::net::TcpStream>>> {
-    futures::stream::unfold(listener, move |listener| async move {
-        let mut backoff = MIN_ACCEPT_BACKOFF;
-        loop {
-            match listener.accept().await {
-                Ok((stream, _)) => {
-                    if let Err(error) = stream.set_nodelay(true) {
-                        tracing::debug!(%error, "could not turn Nagle's algorithm off");
-                    }
-                    return Some((Ok(idle::IdleClose::new(stream, idle)), listener));
-                }
-                Err(error) if is_connection_error(&error) => continue,
-                Err(error) => {
-                    tracing::warn!(%error, pause = ?backoff, "cannot accept connections");
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(MAX_ACCEPT_BACKOFF);
-                }
-            }
-        }
-    })
-}
-
-/// First and longest pause after an accept error that is not about one connection.
-const MIN_ACCEPT_BACKOFF: std::time::Duration = std::time::Duration::from_millis(5);
-pub const MAX_ACCEPT_BACKOFF: std::time::Duration = std::time::Duration::from_secs(1);
-
-/// Errors of `accept` that concern one connection only.
-fn is_connection_error(error: &std::io::Error) -> bool {
-    use std::io::ErrorKind::*;
-    matches!(
-        error.kind(),
-        ConnectionRefused | ConnectionAborted | ConnectionReset
-    )
-}
-
 fn reflection() -> tonic_reflection::server::v1::ServerReflectionServer<
     impl tonic_reflection::server::v1::ServerReflection,
 > {
@@ -149,12 +102,13 @@ pub async fn serve_worker(
         .max_decoding_message_size(limits::MAX_MESSAGE_BYTES)
         .max_encoding_message_size(limits::MAX_MESSAGE_BYTES);
     let idle = worker.idle_close;
+    let _watch = worker.tls.as_ref().map(watch_tls);
     with_grace(shutdown, |signal| {
         Server::builder()
             .add_service(health)
             .add_service(reflection())
             .add_service(service)
-            .serve_with_incoming_shutdown(incoming(listener, idle), signal)
+            .serve_with_incoming_shutdown(conn::incoming(listener, idle, worker.tls), signal)
     })
     .await
 }
@@ -176,6 +130,8 @@ pub async fn serve_coordinator(
     // longer than the longest deadline a client may ask for.
     let idle = service.idle_close();
     let max_message = service.max_message_bytes();
+    let tls = service.tls();
+    let _watch = tls.as_ref().map(watch_tls);
     let service = pb::coordinator_server::CoordinatorServer::new(service)
         .max_decoding_message_size(max_message)
         .max_encoding_message_size(max_message);
@@ -184,9 +140,23 @@ pub async fn serve_coordinator(
             .add_service(health)
             .add_service(reflection())
             .add_service(service)
-            .serve_with_incoming_shutdown(incoming(listener, idle), signal)
+            .serve_with_incoming_shutdown(conn::incoming(listener, idle, tls), signal)
     })
     .await
+}
+
+/// Re-reads a server's TLS files while it serves (until the returned guard is dropped).
+fn watch_tls(tls: &Arc<crate::tls::ServerTls>) -> AbortOnDrop {
+    AbortOnDrop(tls.watch(crate::tls::RELOAD_EVERY))
+}
+
+/// Aborts a background task when dropped.
+pub struct AbortOnDrop(pub JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 /// A server running in the background, stopped by [`Running::stop`] (or by dropping it).

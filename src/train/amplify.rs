@@ -226,15 +226,14 @@ pub struct RemoteAmplifier<D: Domain> {
 }
 
 impl<D: Domain + Copy> RemoteAmplifier<D> {
-    pub async fn connect(domain: D, address: &str) -> Result<Self, TrainError> {
-        let uri = if address.contains("://") {
-            address.to_string()
-        } else {
-            format!("http://{address}")
-        };
-        let channel = Channel::from_shared(uri)
-            .map_err(|e| TrainError::Source(format!("coordinator address {address:?}: {e}")))?
-            .connect()
+    /// Connects to the coordinator at `address` (`host:port` or a URL), over TLS with `tls`.
+    pub async fn connect(
+        domain: D,
+        address: &str,
+        tls: Option<std::sync::Arc<crate::tls::ClientTls>>,
+    ) -> Result<Self, TrainError> {
+        let endpoint = crate::tls::endpoint(address).map_err(TrainError::Source)?;
+        let channel = crate::tls::connect(endpoint, tls)
             .await
             .map_err(|e| TrainError::Source(format!("cannot reach coordinator {address}: {e}")))?;
         Ok(Self {

@@ -57,6 +57,9 @@ pub struct WorkerConfig {
     /// A connection without traffic for this long is closed (a worker call lasts at most the
     /// coordinator's call timeout, seconds).
     pub idle_close: Duration,
+    /// TLS for the worker's listener: its certificate, and the CA whose client certificates
+    /// (coordinators', the trainer's) it requires. `None`: plain TCP.
+    pub tls: Option<Arc<crate::tls::ServerTls>>,
 }
 
 impl Default for WorkerConfig {
@@ -67,6 +70,7 @@ impl Default for WorkerConfig {
             reload_every: Duration::from_secs(2),
             threads: 0,
             idle_close: Duration::from_secs(300),
+            tls: None,
         }
     }
 }
@@ -127,6 +131,8 @@ pub struct Worker {
     pub ready: tokio::sync::watch::Receiver<bool>,
     /// See [`WorkerConfig::idle_close`].
     pub idle_close: Duration,
+    /// See [`WorkerConfig::tls`].
+    pub tls: Option<Arc<crate::tls::ServerTls>>,
 }
 
 impl Worker {
@@ -183,6 +189,7 @@ impl Worker {
             service: Arc::new(WorkerService { domains, info }),
             ready,
             idle_close: config.idle_close,
+            tls: config.tls.clone(),
         }
     }
 }

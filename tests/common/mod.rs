@@ -151,3 +151,23 @@ pub async fn oracle_cluster(workers: usize) -> hch::server::Cluster {
     .await
     .expect("an oracle cluster starts on loopback")
 }
+
+/// A permutation question at size 16 asked at `hch:3` (eight leaf calls, one after another), as a
+/// wire request, with its true answer.
+pub fn permutation_request(seed: u64) -> (hch::rpc::pb::AskRequest, String) {
+    use hch::domain::{DomainKind, Instance};
+    let d = hch::domain::permutation::Permutation;
+    let inst = Instance::generate(&d, 16, seed).unwrap();
+    let q = d.sample_question(inst.facts(), &mut hch::rng::Rng::new(seed));
+    let request = hch::rpc::pb::AskRequest {
+        domain: DomainKind::Permutation.name().to_string(),
+        instance: Some(hch::rpc::pb::ask_request::Instance::InstanceText(
+            d.print_facts(inst.facts()),
+        )),
+        question: d.print_question(&q),
+        mode: "hch:3".into(),
+        budget: None,
+        want_trace: false,
+    };
+    (request, d.print_answer(&d.truth(inst.facts(), &q)))
+}
