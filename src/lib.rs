@@ -47,6 +47,8 @@ pub mod coordinator;
 pub mod domain;
 pub mod eval;
 pub mod fsutil;
+#[doc(hidden)]
+pub mod fuzzing;
 #[cfg(feature = "model")]
 pub mod model;
 pub mod registry;
