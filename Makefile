@@ -16,15 +16,22 @@ else
 SETUP :=
 endif
 
-.PHONY: demo test test-rust test-python test-lean setup bench lint
+.PHONY: demo test test-rust test-python test-lean test-deps setup bench lint fuzz fuzz-smoke
 
 demo: $(SETUP)
 	cargo run --release -- demo
 
 test: test-rust test-python test-lean
 
-test-rust: $(SETUP)
+test-rust: $(SETUP) test-deps
 	cargo test
+
+# Debian packages the tests drive as real tools: prometheus and promtool (tests/metrics.rs).
+test-deps:
+	@command -v prometheus > /dev/null && command -v promtool > /dev/null || { \
+		echo "installing Debian's prometheus package for tests/metrics.rs"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
+		apt-get install -y -qq --no-install-recommends prometheus > /dev/null; }
 
 # A real client in another language: Python grpcio stubs generated from proto/ talk to `hch up`;
 # and pyarrow reads the Parquet training targets `hch train` writes.
@@ -51,6 +58,14 @@ setup: $(SETUP)
 
 bench: $(SETUP)
 	cargo bench
+
+# libFuzzer on every fuzz target (scripts/fuzz.sh): `make fuzz` for a minute each, `make
+# fuzz-smoke` (CI) for a few seconds each, enough to catch a regression on the corpora.
+fuzz: $(SETUP)
+	scripts/fuzz.sh 60
+
+fuzz-smoke: $(SETUP)
+	scripts/fuzz.sh 10
 
 lint: $(SETUP)
 	cargo fmt --all -- --check

@@ -12,6 +12,7 @@
 //!   published atomically) and the `CURRENT` pointer to the one in use.
 //! - [`fsutil`]: crash-safe file writing (temporary file, fsync, rename) and streaming SHA-256.
 //! - [`text`]: the parser toolkit behind the text syntax and its pointed error messages.
+//! - [`metrics`]: Prometheus metrics, one registry per server, served by the admin listener.
 //! - [`tls`]: transport security: TLS and mutual TLS from PEM files, reloaded when they change.
 //! - [`rng`]: the reproducible random stream instances are generated from.
 //! - [`rpc`]: the wire (generated code, each message's encode/decode pair, the error-to-status
@@ -49,6 +50,7 @@ pub mod eval;
 pub mod fsutil;
 #[doc(hidden)]
 pub mod fuzzing;
+pub mod metrics;
 #[cfg(feature = "model")]
 pub mod model;
 pub mod registry;

@@ -58,7 +58,15 @@ struct Job<D: Domain> {
     enqueued: Instant,
 }
 
-/// Counters, for status and tests.
+/// Where a batcher records its distributions (a worker's metrics; see `worker::metrics`).
+#[derive(Clone, Debug)]
+pub struct BatchHistograms {
+    pub queue_seconds: prometheus_client::metrics::histogram::Histogram,
+    pub batch_size: prometheus_client::metrics::histogram::Histogram,
+    pub compute_seconds: prometheus_client::metrics::histogram::Histogram,
+}
+
+/// Counters, for status, metrics and tests.
 #[derive(Default, Debug)]
 pub struct BatchStats {
     /// Calls submitted (one per RPC).
@@ -70,6 +78,8 @@ pub struct BatchStats {
     pub refused_calls: AtomicU64,
     pub queue_us_total: AtomicU64,
     pub compute_us_total: AtomicU64,
+    /// Distributions, when someone exports them.
+    pub histograms: Option<BatchHistograms>,
 }
 
 /// The answerer currently served; swapped whole when a new generation loads.
@@ -84,14 +94,32 @@ pub struct Batcher<D: Domain> {
 impl<D: Domain> Batcher<D> {
     /// Starts the batching task on the current tokio runtime. It ends when the batcher is dropped.
     pub fn start(answerer: SharedAnswerer<D>, config: BatchConfig) -> Self {
+        Self::start_observed(answerer, config, None)
+    }
+
+    /// Like [`Batcher::start`], recording queue times, batch sizes and compute times into
+    /// `histograms`.
+    pub fn start_observed(
+        answerer: SharedAnswerer<D>,
+        config: BatchConfig,
+        histograms: Option<BatchHistograms>,
+    ) -> Self {
         let (tx, rx) = mpsc::channel(config.queue_capacity.max(1));
-        let stats = Arc::new(BatchStats::default());
+        let stats = Arc::new(BatchStats {
+            histograms,
+            ..BatchStats::default()
+        });
         tokio::spawn(run(rx, answerer, config, stats.clone()));
         Self { tx, stats, config }
     }
 
     pub fn config(&self) -> BatchConfig {
         self.config
+    }
+
+    /// Calls waiting in the queue.
+    pub fn queued(&self) -> usize {
+        self.tx.max_capacity() - self.tx.capacity()
     }
 
     /// Queues `queries` and waits for their answers.
@@ -174,6 +202,10 @@ async fn run<D: Domain>(
         stats
             .compute_us_total
             .fetch_add(compute.as_micros() as u64, Ordering::Relaxed);
+        if let Some(h) = &stats.histograms {
+            h.batch_size.observe(asked as f64);
+            h.compute_seconds.observe(compute.as_secs_f64());
+        }
         match result {
             Ok(answers) if answers.len() == asked => {
                 let mut answers = answers.into_iter();
@@ -182,6 +214,9 @@ async fn run<D: Domain>(
                     stats
                         .queue_us_total
                         .fetch_add(queue.as_micros() as u64, Ordering::Relaxed);
+                    if let Some(h) = &stats.histograms {
+                        h.queue_seconds.observe(queue.as_secs_f64());
+                    }
                     let mine: Vec<_> = answers.by_ref().take(job.len).collect();
                     let _ = job.reply.send(Ok(Answered {
                         answers: mine,

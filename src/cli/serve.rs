@@ -127,6 +127,10 @@ pub struct WorkerArgs {
     /// answers anyone who reaches its port (pass `--listen 0.0.0.0:50051` to serve other hosts).
     #[arg(long, default_value = "127.0.0.1:50051")]
     listen: SocketAddr,
+    /// Serve metrics (GET /metrics, Prometheus) and health (grpc.health.v1) on this address:
+    /// plain HTTP without authentication, so bind it where only the cluster reaches it.
+    #[arg(long)]
+    admin_listen: Option<SocketAddr>,
     #[command(flatten)]
     serving: ServingArgs,
     #[command(flatten)]
@@ -179,6 +183,10 @@ pub struct CoordinatorArgs {
     /// `--listen 0.0.0.0:50050` to serve clients on other hosts).
     #[arg(long, default_value = "127.0.0.1:50050")]
     listen: SocketAddr,
+    /// Serve metrics (GET /metrics, Prometheus) and health (grpc.health.v1) on this address:
+    /// plain HTTP without authentication, so bind it where only the cluster reaches it.
+    #[arg(long)]
+    admin_listen: Option<SocketAddr>,
     /// Worker addresses, `host:port`, comma separated.
     #[arg(long, value_delimiter = ',', conflicts_with = "workers_dns")]
     workers: Vec<String>,
@@ -224,6 +232,10 @@ pub struct UpArgs {
     /// The coordinator's address (port 0: any free port).
     #[arg(long, default_value = "127.0.0.1:50050")]
     listen: SocketAddr,
+    /// Serve metrics (GET /metrics, Prometheus) and health (grpc.health.v1) on this address:
+    /// plain HTTP without authentication, so bind it where only the cluster reaches it.
+    #[arg(long)]
+    admin_listen: Option<SocketAddr>,
     /// Number of workers.
     #[arg(long, default_value_t = 2)]
     workers: usize,
@@ -289,6 +301,19 @@ pub async fn shutdown_signal() {
     tracing::info!("shutting down: finishing requests in flight");
 }
 
+/// Binds the admin listener, if one is asked for, and says where (after the main address, which
+/// scripts read from the first line).
+async fn bind_admin(listen: Option<SocketAddr>) -> Result<Option<TcpListener>> {
+    let Some(listen) = listen else {
+        return Ok(None);
+    };
+    let listener = TcpListener::bind(listen)
+        .await
+        .with_context(|| format!("binding the admin listener {listen}"))?;
+    announce("admin", listener.local_addr()?);
+    Ok(Some(listener))
+}
+
 fn announce(what: &str, addr: SocketAddr) {
     use std::io::Write;
     println!("{what} listening on {addr}");
@@ -305,8 +330,9 @@ pub async fn worker(args: WorkerArgs) -> Result<()> {
         .await
         .with_context(|| format!("binding {}", args.listen))?;
     announce("worker", listener.local_addr()?);
+    let admin = bind_admin(args.admin_listen).await?;
     let worker = Worker::start(serving, config);
-    server::serve_worker(listener, worker, shutdown_signal()).await?;
+    server::serve_worker(listener, admin, worker, shutdown_signal()).await?;
     Ok(())
 }
 
@@ -327,9 +353,10 @@ pub async fn coordinator(args: CoordinatorArgs) -> Result<()> {
         .await
         .with_context(|| format!("binding {}", args.listen))?;
     announce("coordinator", listener.local_addr()?);
+    let admin = bind_admin(args.admin_listen).await?;
     let pool = crate::coordinator::pool::Pool::start(pool).await;
     let service = crate::coordinator::CoordinatorService::new(pool, config);
-    server::serve_coordinator(listener, service, shutdown_signal()).await?;
+    server::serve_coordinator(listener, admin, service, shutdown_signal()).await?;
     Ok(())
 }
 
@@ -344,6 +371,7 @@ pub async fn up(args: UpArgs) -> Result<()> {
         coordinator_listen: args.listen,
         pool: pool_config(&args.options, WorkerSource::Static(Vec::new())),
         coordinator: coordinator_config(&args.options)?,
+        admin_listen: args.admin_listen,
     })
     .await
     .with_context(|| format!("starting the cluster on {}", args.listen))?;
@@ -351,6 +379,9 @@ pub async fn up(args: UpArgs) -> Result<()> {
         eprintln!("worker listening on {}", w.addr);
     }
     announce("coordinator", cluster.coordinator.addr);
+    if let Some(addr) = cluster.admin_addr {
+        announce("admin", addr);
+    }
     shutdown_signal().await;
     cluster.stop().await;
     Ok(())

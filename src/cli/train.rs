@@ -194,6 +194,10 @@ impl StopArgs {
 
 #[derive(Args, Debug)]
 pub struct TrainArgs {
+    /// Serve the trainer's metrics (GET /metrics: round, targets, steps, agreements, held-out
+    /// accuracy, promoted generation) and health on this address: plain HTTP, unauthenticated.
+    #[arg(long)]
+    pub admin_listen: Option<std::net::SocketAddr>,
     /// The run directory (created, or resumed if it holds a run).
     #[arg(long)]
     pub run: Option<PathBuf>,
@@ -226,6 +230,8 @@ pub(super) struct ProgressView {
     amplifier: u64,
     last_line: String,
     table_header_done: bool,
+    /// Set when a round is published, if the trainer exports metrics (`--admin-listen`).
+    pub(super) metrics: Option<crate::metrics::TrainerMetrics>,
 }
 
 impl ProgressView {
@@ -237,6 +243,7 @@ impl ProgressView {
             amplifier: 0,
             last_line: String::new(),
             table_header_done: false,
+            metrics: None,
         }
     }
 
@@ -290,6 +297,9 @@ impl ProgressView {
             }
             Progress::Evaluating => self.status("evaluate", 0, 1, ""),
             Progress::Published(r) => {
+                if let Some(m) = &self.metrics {
+                    m.record(&r);
+                }
                 self.clear();
                 if !self.table_header_done {
                     eprintln!(
@@ -433,6 +443,35 @@ pub(super) async fn train_run<D: Domain + Copy>(
     Ok((records, cluster))
 }
 
+/// Serves the trainer's metrics and health on `listen` until the returned guard is dropped.
+async fn serve_trainer_admin(
+    listen: std::net::SocketAddr,
+    metrics: crate::metrics::TrainerMetrics,
+) -> Result<crate::server::AbortOnDrop> {
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .with_context(|| format!("binding the admin listener {listen}"))?;
+    eprintln!("admin listening on {}", listener.local_addr()?);
+    let mut registry = prometheus_client::registry::Registry::default();
+    metrics.register(&mut registry);
+    let (reporter, health) = tonic_health::server::health_reporter();
+    reporter
+        .set_service_status("", tonic_health::ServingStatus::Serving)
+        .await;
+    Ok(crate::server::AbortOnDrop(tokio::spawn(async move {
+        let served = crate::server::admin::serve_admin(
+            listener,
+            std::sync::Arc::new(registry),
+            health,
+            std::future::pending(),
+        )
+        .await;
+        if let Err(error) = served {
+            tracing::error!(%error, "the admin listener failed");
+        }
+    })))
+}
+
 pub async fn train(args: TrainArgs) -> Result<()> {
     let stop = args.stop.stop_at()?;
     let kind = args.settings.domain;
@@ -452,6 +491,14 @@ pub async fn train(args: TrainArgs) -> Result<()> {
         let mut run = Run::open(domain, &dir, config)?;
         eprintln!("run directory {}", dir.display());
         let mut view = ProgressView::new();
+        let _admin = match args.admin_listen {
+            Some(listen) => {
+                let metrics = crate::metrics::TrainerMetrics::default();
+                view.metrics = Some(metrics.clone());
+                Some(serve_trainer_admin(listen, metrics).await?)
+            }
+            None => None,
+        };
         let (_, cluster) = train_run(domain, &mut run, &args.engine, stop, &mut view).await?;
         if let Some(c) = cluster {
             c.stop().await;

@@ -10,6 +10,7 @@
 //! GetTrace.
 
 pub mod auth;
+pub mod metrics;
 pub mod pool;
 pub mod remote;
 
@@ -298,6 +299,7 @@ pub struct CoordinatorService {
     /// Trees in flight per client (see [`CoordinatorConfig::max_trees_per_client`]).
     per_client: Arc<Mutex<HashMap<String, usize>>>,
     config: CoordinatorConfig,
+    metrics: metrics::TreeMetrics,
 }
 
 /// One tree's hold on its client's share of the slots, given back when dropped.
@@ -352,11 +354,28 @@ impl CoordinatorService {
             traces: Mutex::new(TraceStore::default()),
             per_client: Arc::default(),
             config,
+            metrics: metrics::TreeMetrics::default(),
         })
     }
 
     pub fn pool(&self) -> &Arc<Pool> {
         &self.pool
+    }
+
+    /// Registers the coordinator's metrics in `registry` (see [`metrics`]).
+    pub fn register_metrics(
+        self: &Arc<Self>,
+        registry: &mut prometheus_client::registry::Registry,
+    ) {
+        let service = Arc::downgrade(self);
+        let max = self.config.max_trees.max(1);
+        let in_flight = Arc::new(move || {
+            let busy = service
+                .upgrade()
+                .map_or(0, |s| max - s.trees.available_permits());
+            (busy, max)
+        });
+        metrics::register(registry, &self.metrics, &self.pool, in_flight);
     }
 
     /// The listener's TLS configuration, if any.
@@ -428,6 +447,50 @@ impl CoordinatorService {
     }
 
     async fn run(
+        &self,
+        client: ClientName,
+        key: String,
+        query: AskQuery,
+        client_timeout: Option<Duration>,
+        events: Option<EventSender>,
+        parent: Option<(u128, u64)>,
+    ) -> Result<AskReply, ServiceError> {
+        let (domain, mode) = (query.domain.name().to_string(), query.mode.to_string());
+        let started = std::time::Instant::now();
+        let result = self
+            .run_tree(client, key, query, client_timeout, events, parent)
+            .await;
+        let outcome = match &result {
+            Ok(reply) if reply.known => "answered",
+            Ok(_) => "unknown",
+            Err(e) => crate::metrics::code_label(e.code()),
+        };
+        let m = &self.metrics;
+        let labels = metrics::DomainLabels { domain };
+        m.trees
+            .get_or_create(&metrics::TreeLabels {
+                domain: labels.domain.clone(),
+                mode,
+                outcome: outcome.to_string(),
+            })
+            .inc();
+        if let Ok(reply) = &result {
+            let stats = &reply.stats;
+            m.duration
+                .get_or_create(&labels)
+                .observe(started.elapsed().as_secs_f64());
+            m.nodes.get_or_create(&labels).observe(stats.nodes as f64);
+            m.nodes_evaluated.get_or_create(&labels).inc_by(stats.nodes);
+            m.memo_hits.get_or_create(&labels).inc_by(stats.memo_hits);
+            m.answerer_queries
+                .get_or_create(&labels)
+                .inc_by(stats.answerer_queries);
+        }
+        result
+    }
+
+    /// Admits and evaluates one tree (see [`CoordinatorService::run`], which records it).
+    async fn run_tree(
         &self,
         client: ClientName,
         key: String,

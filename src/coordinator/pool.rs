@@ -185,6 +185,7 @@ pub struct Pool {
     next: AtomicUsize,
     /// Re-reads the TLS files while the pool lives (new connections use the newest).
     _tls_watch: Option<crate::server::AbortOnDrop>,
+    metrics: super::metrics::CallMetrics,
 }
 
 impl Pool {
@@ -199,6 +200,7 @@ impl Pool {
                 .map(|tls| crate::server::AbortOnDrop(tls.watch(crate::tls::RELOAD_EVERY))),
             config,
             next: AtomicUsize::new(0),
+            metrics: super::metrics::CallMetrics::default(),
         });
         pool.refresh().await;
         let weak = Arc::downgrade(&pool);
@@ -208,6 +210,11 @@ impl Pool {
 
     pub fn config(&self) -> &PoolConfig {
         &self.config
+    }
+
+    /// What calls to the workers record.
+    pub fn metrics(&self) -> &super::metrics::CallMetrics {
+        &self.metrics
     }
 
     pub fn workers(&self) -> Vec<Arc<WorkerHandle>> {

@@ -208,6 +208,7 @@ async fn send<D: Domain + Copy>(
         call.set_timeout(config.call_timeout);
         attach_telemetry(&mut call, &batch);
         let mut client = worker.client();
+        let started = std::time::Instant::now();
         let outcome = tokio::select! {
             r = tokio::time::timeout(config.call_timeout, client.answer(call)) => {
                 r.unwrap_or_else(|_| Err(tonic::Status::unavailable(format!(
@@ -235,6 +236,13 @@ async fn send<D: Domain + Copy>(
                 }
             })
             .and_then(|r| AnswerReply::decode(r.into_inner(), asked));
+        let status = match &reply {
+            Ok(AnswerReply::MissingFacts(_)) => "missing_facts",
+            Ok(AnswerReply::Answered { .. }) => "ok",
+            Err(e) => crate::metrics::code_label(e.code()),
+        };
+        pool.metrics()
+            .observe(&worker.address, status, started.elapsed().as_secs_f64());
         match reply {
             Ok(AnswerReply::MissingFacts(ids)) => {
                 for id in &ids {
@@ -271,6 +279,7 @@ async fn send<D: Domain + Copy>(
                     break;
                 };
                 worker = next;
+                pool.metrics().retries.inc();
                 slot = worker.slot().await;
             }
         }

@@ -5,6 +5,7 @@
 //! Shutdown is graceful: when the shutdown future resolves the server stops accepting, lets
 //! requests in flight finish (for at most [`SHUTDOWN_GRACE`]), then returns.
 
+pub mod admin;
 mod conn;
 mod idle;
 
@@ -72,10 +73,11 @@ fn reflection() -> tonic_reflection::server::v1::ServerReflectionServer<
         .expect("the compiled descriptor sets are valid")
 }
 
-/// Serves a worker on `listener` until `shutdown` resolves. Health is NOT_SERVING until the
-/// worker has a model loaded.
+/// Serves a worker on `listener` (and its metrics and health on `admin`, if given) until
+/// `shutdown` resolves. Health is NOT_SERVING until the worker has a model loaded.
 pub async fn serve_worker(
     listener: TcpListener,
+    admin: Option<TcpListener>,
     worker: Worker,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> ServeResult {
@@ -98,6 +100,12 @@ pub async fn serve_worker(
                 .await;
         }
     });
+    let shutdown = shared(shutdown);
+    let _admin = admin.map(|listener| {
+        let mut registry = prometheus_client::registry::Registry::default();
+        worker.service.register_metrics(&mut registry);
+        spawn_admin(listener, registry, health.clone(), shutdown.clone())
+    });
     let service = pb::worker_server::WorkerServer::new(worker.service.clone())
         .max_decoding_message_size(limits::MAX_MESSAGE_BYTES)
         .max_encoding_message_size(limits::MAX_MESSAGE_BYTES);
@@ -113,9 +121,11 @@ pub async fn serve_worker(
     .await
 }
 
-/// Serves a coordinator on `listener` until `shutdown` resolves.
+/// Serves a coordinator on `listener` (and its metrics and health on `admin`, if given) until
+/// `shutdown` resolves.
 pub async fn serve_coordinator(
     listener: TcpListener,
+    admin: Option<TcpListener>,
     service: Arc<CoordinatorService>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> ServeResult {
@@ -126,6 +136,12 @@ pub async fn serve_coordinator(
     reporter
         .set_service_status("", ServingStatus::Serving)
         .await;
+    let shutdown = shared(shutdown);
+    let _admin = admin.map(|listener| {
+        let mut registry = prometheus_client::registry::Registry::default();
+        service.register_metrics(&mut registry);
+        spawn_admin(listener, registry, health.clone(), shutdown.clone())
+    });
     // A unary tree is silent on its connection until it ends: a connection is idle only after
     // longer than the longest deadline a client may ask for.
     let idle = service.idle_close();
@@ -143,6 +159,30 @@ pub async fn serve_coordinator(
             .serve_with_incoming_shutdown(conn::incoming(listener, idle, tls), signal)
     })
     .await
+}
+
+/// A shutdown future that several servers (a gRPC port and its admin port) can wait on.
+type SharedSignal = futures::future::Shared<BoxedSignal>;
+
+fn shared(shutdown: impl Future<Output = ()> + Send + 'static) -> SharedSignal {
+    use futures::FutureExt;
+    let boxed: BoxedSignal = Box::pin(shutdown);
+    boxed.shared()
+}
+
+/// Serves the admin listener in the background until `shutdown`; aborted if dropped first.
+fn spawn_admin<H: tonic_health::pb::health_server::Health>(
+    listener: TcpListener,
+    registry: prometheus_client::registry::Registry,
+    health: tonic_health::pb::health_server::HealthServer<H>,
+    shutdown: SharedSignal,
+) -> AbortOnDrop {
+    AbortOnDrop(tokio::spawn(async move {
+        if let Err(error) = admin::serve_admin(listener, Arc::new(registry), health, shutdown).await
+        {
+            tracing::error!(%error, "the admin listener failed");
+        }
+    }))
 }
 
 /// Re-reads a server's TLS files while it serves (until the returned guard is dropped).
@@ -219,7 +259,7 @@ pub async fn start_worker(
     let worker = Worker::start(serving, config);
     let service = worker.service.clone();
     let (stop, shutdown) = shutdown_channel();
-    let task = tokio::spawn(serve_worker(listener, worker, shutdown));
+    let task = tokio::spawn(serve_worker(listener, None, worker, shutdown));
     Ok((
         Running {
             addr,
@@ -241,7 +281,7 @@ pub async fn start_coordinator(
     let pool = Pool::start(pool).await;
     let service = CoordinatorService::new(pool, config);
     let (stop, shutdown) = shutdown_channel();
-    let task = tokio::spawn(serve_coordinator(listener, service.clone(), shutdown));
+    let task = tokio::spawn(serve_coordinator(listener, None, service.clone(), shutdown));
     Ok((
         Running {
             addr,
@@ -264,6 +304,9 @@ pub struct ClusterConfig {
     /// The pool's worker source is filled in with the workers' addresses.
     pub pool: PoolConfig,
     pub coordinator: CoordinatorConfig,
+    /// An admin listener (metrics of the coordinator and of every worker, labelled
+    /// `worker="0"`, ...; health), if wanted.
+    pub admin_listen: Option<SocketAddr>,
 }
 
 impl Default for ClusterConfig {
@@ -277,6 +320,7 @@ impl Default for ClusterConfig {
             coordinator_listen: SocketAddr::from(([127, 0, 0, 1], 0)),
             pool: PoolConfig::default(),
             coordinator: CoordinatorConfig::default(),
+            admin_listen: None,
         }
     }
 }
@@ -286,18 +330,26 @@ pub struct Cluster {
     pub coordinator: Running,
     pub coordinator_service: Arc<CoordinatorService>,
     pub workers: Vec<(Running, Arc<WorkerService>)>,
+    /// The admin listener's address, if one was asked for.
+    pub admin_addr: Option<SocketAddr>,
+    admin: Option<AbortOnDrop>,
 }
 
 impl Cluster {
     /// Starts the workers, each on 127.0.0.1 with a free port, then the coordinator over them.
     pub async fn start(config: ClusterConfig) -> std::io::Result<Cluster> {
         let mut started = Vec::with_capacity(config.workers);
-        for _ in 0..config.workers {
+        for i in 0..config.workers {
+            // The workers share their metric families, each labelled with its number.
+            let worker = WorkerConfig {
+                histograms: config.worker.histograms.for_worker(i.to_string()),
+                ..config.worker.clone()
+            };
             started.push(
                 start_worker(
                     SocketAddr::from(([127, 0, 0, 1], 0)),
                     config.serving.clone(),
-                    config.worker.clone(),
+                    worker,
                 )
                 .await?,
             );
@@ -312,15 +364,38 @@ impl Cluster {
             config.coordinator,
         )
         .await?;
+        let (admin_addr, admin) = match config.admin_listen {
+            None => (None, None),
+            Some(listen) => {
+                let listener = TcpListener::bind(listen).await?;
+                let addr = listener.local_addr()?;
+                let mut registry = prometheus_client::registry::Registry::default();
+                coordinator_service.register_metrics(&mut registry);
+                let workers: Vec<_> = started.iter().map(|(_, w)| w.clone()).collect();
+                crate::worker::metrics::register(&mut registry, &workers);
+                let (reporter, health) = tonic_health::server::health_reporter();
+                reporter
+                    .set_service_status("", ServingStatus::Serving)
+                    .await;
+                reporter
+                    .set_service_status("hch.v1.Coordinator", ServingStatus::Serving)
+                    .await;
+                let admin = spawn_admin(listener, registry, health, shared(std::future::pending()));
+                (Some(addr), Some(admin))
+            }
+        };
         Ok(Cluster {
             coordinator,
             coordinator_service,
             workers: started,
+            admin_addr,
+            admin,
         })
     }
 
     /// Stops the coordinator, then the workers, each gracefully.
     pub async fn stop(self) {
+        drop(self.admin);
         let _ = self.coordinator.stop().await;
         for (w, _) in self.workers {
             let _ = w.stop().await;

@@ -1,6 +1,7 @@
 //! The worker's cache of instances, keyed by content hash, so facts cross the wire once.
 
 use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use crate::domain::{Domain, Instance, InstanceId};
@@ -11,6 +12,8 @@ use crate::domain::{Domain, Instance, InstanceId};
 pub struct FactsCache<D: Domain> {
     inner: Mutex<Inner<D>>,
     capacity: usize,
+    hits: AtomicU64,
+    misses: AtomicU64,
 }
 
 struct Inner<D: Domain> {
@@ -26,11 +29,30 @@ impl<D: Domain> FactsCache<D> {
                 order: VecDeque::new(),
             }),
             capacity: capacity.max(1),
+            hits: AtomicU64::new(0),
+            misses: AtomicU64::new(0),
         }
     }
 
+    /// The instance with this id, if held (counted as a hit or a miss).
     pub fn get(&self, id: &InstanceId) -> Option<Arc<Instance<D>>> {
-        self.lock().map.get(id).cloned()
+        let found = self.lock().map.get(id).cloned();
+        let counter = if found.is_some() {
+            &self.hits
+        } else {
+            &self.misses
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+        found
+    }
+
+    /// (hits, misses, instances held).
+    pub fn counts(&self) -> (u64, u64, usize) {
+        (
+            self.hits.load(Ordering::Relaxed),
+            self.misses.load(Ordering::Relaxed),
+            self.len(),
+        )
     }
 
     pub fn insert(&self, instance: Arc<Instance<D>>) {

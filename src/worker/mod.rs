@@ -9,6 +9,7 @@
 //! the batcher, encode; every error becomes a status through `rpc::error`, once.
 
 pub mod facts;
+pub mod metrics;
 #[cfg(feature = "model")]
 mod reload;
 
@@ -60,6 +61,9 @@ pub struct WorkerConfig {
     /// TLS for the worker's listener: its certificate, and the CA whose client certificates
     /// (coordinators', the trainer's) it requires. `None`: plain TCP.
     pub tls: Option<Arc<crate::tls::ServerTls>>,
+    /// Where the batchers record their distributions (shared, and labelled per worker, by the
+    /// workers of one process).
+    pub histograms: metrics::WorkerHistograms,
 }
 
 impl Default for WorkerConfig {
@@ -71,6 +75,7 @@ impl Default for WorkerConfig {
             threads: 0,
             idle_close: Duration::from_secs(300),
             tls: None,
+            histograms: metrics::WorkerHistograms::default(),
         }
     }
 }
@@ -79,6 +84,10 @@ impl Default for WorkerConfig {
 trait DomainWorker: Send + Sync {
     fn answer(&self, call: AnswerCall) -> BoxFuture<'_, Result<AnswerReply, ServiceError>>;
     fn stats(&self) -> &BatchStats;
+    /// Calls waiting for a batch.
+    fn queued(&self) -> usize;
+    /// The facts cache's (hits, misses, instances held).
+    fn facts_cache(&self) -> (u64, u64, usize);
 }
 
 struct Typed<D: Domain> {
@@ -116,12 +125,21 @@ impl<D: Domain + Copy> DomainWorker for Typed<D> {
     fn stats(&self) -> &BatchStats {
         &self.batcher.stats
     }
+
+    fn queued(&self) -> usize {
+        self.batcher.queued()
+    }
+
+    fn facts_cache(&self) -> (u64, u64, usize) {
+        self.cache.counts()
+    }
 }
 
 /// The worker's gRPC service.
 pub struct WorkerService {
     domains: HashMap<DomainKind, Arc<dyn DomainWorker>>,
     info: Arc<RwLock<WorkerInfo>>,
+    histograms: metrics::WorkerHistograms,
 }
 
 /// A started worker: its service plus what keeps it current.
@@ -148,6 +166,7 @@ impl Worker {
             queue_capacity: config.batch.queue_capacity as u32,
         }));
         let (ready_tx, ready) = tokio::sync::watch::channel(false);
+        let histograms = config.histograms.clone();
         let mut domains: HashMap<DomainKind, Arc<dyn DomainWorker>> = HashMap::new();
         match serving {
             Serving::Oracle { delay } => {
@@ -155,7 +174,7 @@ impl Worker {
                     let worker: Arc<dyn DomainWorker> = with_domain!(kind, d => {
                         let answerer: Arc<dyn Answerer<_>> =
                             Arc::new(Oracle::with_delay(d, delay));
-                        Arc::new(typed(d, Arc::new(RwLock::new(answerer)), &config))
+                        Arc::new(typed(d, Arc::new(RwLock::new(answerer)), &config, &histograms))
                     });
                     domains.insert(kind, worker);
                 }
@@ -178,7 +197,7 @@ impl Worker {
                         config.reload_every,
                         ready_tx,
                     ));
-                    Arc::new(typed(d, shared, &config))
+                    Arc::new(typed(d, shared, &config, &histograms))
                 });
                 domains.insert(domain, worker);
                 let mut i = info.write().unwrap_or_else(|p| p.into_inner());
@@ -186,7 +205,11 @@ impl Worker {
             }
         }
         Worker {
-            service: Arc::new(WorkerService { domains, info }),
+            service: Arc::new(WorkerService {
+                domains,
+                info,
+                histograms,
+            }),
             ready,
             idle_close: config.idle_close,
             tls: config.tls.clone(),
@@ -198,15 +221,28 @@ fn typed<D: Domain + Copy>(
     domain: D,
     answerer: SharedAnswerer<D>,
     config: &WorkerConfig,
+    histograms: &metrics::WorkerHistograms,
 ) -> Typed<D> {
     Typed {
         domain,
         cache: FactsCache::new(config.facts_cache),
-        batcher: Batcher::start(answerer, config.batch),
+        batcher: Batcher::start_observed(
+            answerer,
+            config.batch,
+            Some(histograms.for_domain(D::KIND)),
+        ),
     }
 }
 
 impl WorkerService {
+    /// Registers the worker's metrics in `registry` (see [`metrics`]).
+    pub fn register_metrics(
+        self: &Arc<Self>,
+        registry: &mut prometheus_client::registry::Registry,
+    ) {
+        metrics::register(registry, std::slice::from_ref(self));
+    }
+
     /// Calls dropped because their caller went away, over all domains.
     pub fn cancelled_calls(&self) -> u64 {
         self.domains
