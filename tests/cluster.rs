@@ -999,3 +999,37 @@ async fn instance_and_message_sizes_are_the_operators_to_set() {
     assert!(status.message().contains("2048"), "{status:?}");
     cluster.stop().await;
 }
+
+#[tokio::test]
+async fn a_client_over_its_rate_is_told_when_to_come_back_and_others_are_not() {
+    let config = CoordinatorConfig {
+        tree_rate_per_client: Some(0.5),
+        tree_burst_per_client: 2,
+        ..CoordinatorConfig::default()
+    };
+    let c = cluster(2, Duration::ZERO, WorkerConfig::default(), config).await;
+    // Without tokens, a client is its connection.
+    let mut greedy = client(&c).await;
+    for seed in 0..2 {
+        greedy.ask(sequential_tree(seed)).await.unwrap();
+    }
+    // Its burst of two is spent; at half a tree a second the next token is up to 2 s away.
+    let refused = greedy.ask(sequential_tree(2)).await.unwrap_err();
+    assert_eq!(refused.code(), Code::ResourceExhausted, "{refused:?}");
+    assert!(
+        refused.message().contains("retry in"),
+        "{}",
+        refused.message()
+    );
+    let pushback: u64 = refused
+        .metadata()
+        .get("grpc-retry-pushback-ms")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no retry pushback in {refused:?}"));
+    assert!((1..=2000).contains(&pushback), "{pushback} ms");
+    // Another client is not held back by the first one's rate.
+    let mut other = client(&c).await;
+    other.ask(sequential_tree(3)).await.unwrap();
+    c.stop().await;
+}

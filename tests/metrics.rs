@@ -9,6 +9,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use hch::rpc::pb;
+use tonic_health::pb::health_check_response::ServingStatus;
 
 mod common;
 
@@ -70,6 +71,21 @@ fn sample(metrics: &str, series: &str) -> Option<f64> {
         let (name, value) = line.rsplit_once(' ')?;
         (name == series).then(|| value.parse().ok()).flatten()
     })
+}
+
+/// grpc.health.v1's answer for `service` at `addr`.
+async fn health(addr: &str, service: &str) -> ServingStatus {
+    let channel = hch::tls::connect(hch::tls::endpoint(addr).unwrap(), None)
+        .await
+        .unwrap();
+    tonic_health::pb::health_client::HealthClient::new(channel)
+        .check(tonic_health::pb::HealthCheckRequest {
+            service: service.to_string(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .status()
 }
 
 fn start_up() -> (Process, String, String) {
@@ -152,20 +168,7 @@ async fn the_admin_port_serves_metrics_and_health_that_count_what_happened() {
         Some(0.0)
     );
     // Health on the admin port, over gRPC.
-    let channel = hch::tls::connect(hch::tls::endpoint(&admin).unwrap(), None)
-        .await
-        .unwrap();
-    let health = tonic_health::pb::health_client::HealthClient::new(channel)
-        .check(tonic_health::pb::HealthCheckRequest {
-            service: String::new(),
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    assert_eq!(
-        health.status,
-        tonic_health::pb::health_check_response::ServingStatus::Serving as i32
-    );
+    assert_eq!(health(&admin, "").await, ServingStatus::Serving);
     // Nothing else on the admin port: no tree contents, not the coordinator's service.
     for path in [
         "/traces",
@@ -331,19 +334,9 @@ async fn a_worker_without_a_model_is_not_serving_on_its_admin_port_either() {
         .strip_prefix("admin listening on ")
         .unwrap_or_else(|| panic!("unexpected line {admin_line:?}"))
         .to_string();
-    let channel = hch::tls::connect(hch::tls::endpoint(&admin).unwrap(), None)
-        .await
-        .unwrap();
-    let health = tonic_health::pb::health_client::HealthClient::new(channel)
-        .check(tonic_health::pb::HealthCheckRequest {
-            service: "hch.v1.Worker".into(),
-        })
-        .await
-        .unwrap()
-        .into_inner();
     assert_eq!(
-        health.status,
-        tonic_health::pb::health_check_response::ServingStatus::NotServing as i32
+        health(&admin, "hch.v1.Worker").await,
+        ServingStatus::NotServing
     );
     let metrics = http_get(&admin, "/metrics").unwrap();
     assert_eq!(sample(&metrics, "hch_worker_ready"), Some(0.0), "{metrics}");

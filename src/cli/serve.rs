@@ -145,6 +145,13 @@ pub struct CoordinatorOptions {
     /// Trees one client (a token's name; without tokens, a connection) may have in flight.
     #[arg(long, default_value_t = CoordinatorConfig::default().max_trees_per_client)]
     max_trees_per_client: usize,
+    /// Trees one client may start per second on average (0: no limit); over it, a client gets
+    /// RESOURCE_EXHAUSTED with the wait in `grpc-retry-pushback-ms`.
+    #[arg(long, default_value_t = 0.0)]
+    max_tree_rate_per_client: f64,
+    /// ... in bursts of at most this many (default: one second's worth).
+    #[arg(long)]
+    tree_burst_per_client: Option<u32>,
     /// Calls in flight per worker (batches grow while they wait).
     #[arg(long, default_value_t = PoolConfig::default().max_in_flight_per_worker)]
     max_in_flight_per_worker: usize,
@@ -255,6 +262,12 @@ fn coordinator_config(o: &CoordinatorOptions) -> Result<CoordinatorConfig> {
     Ok(CoordinatorConfig {
         max_trees: o.max_trees.max(1),
         max_trees_per_client: o.max_trees_per_client.max(1),
+        tree_rate_per_client: (o.max_tree_rate_per_client > 0.0)
+            .then_some(o.max_tree_rate_per_client),
+        tree_burst_per_client: o
+            .tree_burst_per_client
+            .unwrap_or(o.max_tree_rate_per_client.ceil() as u32)
+            .max(1),
         limits: AskLimits {
             max_depth: o.max_depth,
             max_nodes: o.max_nodes.max(1),

@@ -52,6 +52,8 @@ pub struct TreeMetrics {
     pub nodes_evaluated: Family<DomainLabels, Counter>,
     pub memo_hits: Family<DomainLabels, Counter>,
     pub answerer_queries: Family<DomainLabels, Counter>,
+    /// Trees refused because their client was over its rate.
+    pub rate_limited: Counter,
 }
 
 impl Default for TreeMetrics {
@@ -63,6 +65,7 @@ impl Default for TreeMetrics {
             nodes_evaluated: Family::default(),
             memo_hits: Family::default(),
             answerer_queries: Family::default(),
+            rate_limited: Counter::default(),
         }
     }
 }
@@ -140,6 +143,11 @@ pub fn register(
         "answerer_queries",
         "Questions trees sent to the answerer",
         trees.answerer_queries.clone(),
+    );
+    r.register(
+        "rate_limited",
+        "Trees refused because their client was over its rate",
+        trees.rate_limited.clone(),
     );
     let calls = pool.metrics();
     r.register(

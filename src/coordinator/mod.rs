@@ -10,6 +10,7 @@
 //! GetTrace.
 
 pub mod auth;
+pub mod limit;
 pub mod metrics;
 pub mod pool;
 pub mod remote;
@@ -64,6 +65,10 @@ pub struct CoordinatorConfig {
     /// Trees one client may have in flight at once (a client is its token's name, or without
     /// tokens its connection): no single client can take every slot.
     pub max_trees_per_client: usize,
+    /// Trees one client may start per second on average (token bucket), in bursts of at most
+    /// `tree_burst_per_client`; `None`: no rate limit (trees in flight are still capped).
+    pub tree_rate_per_client: Option<f64>,
+    pub tree_burst_per_client: u32,
     /// A client connection without traffic for this long is closed (at least a second longer
     /// than `limits.max_deadline`, since a unary tree is silent until it ends).
     pub idle_close: Duration,
@@ -77,6 +82,8 @@ impl Default for CoordinatorConfig {
         Self {
             max_trees: 1024,
             max_trees_per_client: 512,
+            tree_rate_per_client: None,
+            tree_burst_per_client: 1,
             default_budget: Budget {
                 max_depth: None,
                 max_nodes: Some(100_000),
@@ -300,6 +307,21 @@ pub struct CoordinatorService {
     per_client: Arc<Mutex<HashMap<String, usize>>>,
     config: CoordinatorConfig,
     metrics: metrics::TreeMetrics,
+    rate: Option<limit::RateLimiter>,
+}
+
+/// A tree to run, as a call asked for it.
+struct TreeCall {
+    /// Who asked (the token's name), and whom the tree counts against for the per-client caps.
+    client: ClientName,
+    key: String,
+    query: AskQuery,
+    /// The gRPC deadline of the call, if it has one.
+    client_timeout: Option<Duration>,
+    /// Where an AskStream's events go.
+    events: Option<EventSender>,
+    /// The caller's trace context (trace id, span id), if it sent one.
+    parent: Option<(u128, u64)>,
 }
 
 /// One tree's hold on its client's share of the slots, given back when dropped.
@@ -353,8 +375,12 @@ impl CoordinatorService {
             trees_total: AtomicU64::new(0),
             traces: Mutex::new(TraceStore::default()),
             per_client: Arc::default(),
-            config,
             metrics: metrics::TreeMetrics::default(),
+            rate: config
+                .tree_rate_per_client
+                .filter(|r| *r > 0.0)
+                .map(|r| limit::RateLimiter::new(r, config.tree_burst_per_client)),
+            config,
         })
     }
 
@@ -429,6 +455,30 @@ impl CoordinatorService {
     }
 
     /// Takes one of `key`'s slots, unless it holds its maximum already.
+    /// Takes one of `key`'s tokens for a new tree, or refuses with RESOURCE_EXHAUSTED, saying how
+    /// long to wait in the message and in the `grpc-retry-pushback-ms` trailer.
+    fn admit_rate(&self, key: &str) -> Result<(), Status> {
+        let Some(limiter) = &self.rate else {
+            return Ok(());
+        };
+        limiter.take(key).map_err(|wait| {
+            self.metrics.rate_limited.inc();
+            let ms = wait.as_millis().max(1);
+            let mut status = Status::resource_exhausted(format!(
+                "{key} is starting trees faster than the {} a second (in bursts of {}) one \
+                 client may: retry in {ms} ms",
+                limiter.rate(),
+                limiter.burst()
+            ));
+            if let Ok(value) = ms.to_string().parse() {
+                status
+                    .metadata_mut()
+                    .insert("grpc-retry-pushback-ms", value);
+            }
+            status
+        })
+    }
+
     fn client_slot(&self, key: String) -> Result<ClientSlot, ServiceError> {
         let max = self.config.max_trees_per_client.max(1);
         let mut counts = self.per_client.lock().unwrap_or_else(|p| p.into_inner());
@@ -446,20 +496,14 @@ impl CoordinatorService {
         })
     }
 
-    async fn run(
-        &self,
-        client: ClientName,
-        key: String,
-        query: AskQuery,
-        client_timeout: Option<Duration>,
-        events: Option<EventSender>,
-        parent: Option<(u128, u64)>,
-    ) -> Result<AskReply, ServiceError> {
-        let (domain, mode) = (query.domain.name().to_string(), query.mode.to_string());
+    /// Runs a tree (see [`CoordinatorService::run_tree`]) and records it in the metrics.
+    async fn run(&self, call: TreeCall) -> Result<AskReply, ServiceError> {
+        let (domain, mode) = (
+            call.query.domain.name().to_string(),
+            call.query.mode.to_string(),
+        );
         let started = std::time::Instant::now();
-        let result = self
-            .run_tree(client, key, query, client_timeout, events, parent)
-            .await;
+        let result = self.run_tree(call).await;
         let outcome = match &result {
             Ok(reply) if reply.known => "answered",
             Ok(_) => "unknown",
@@ -490,15 +534,15 @@ impl CoordinatorService {
     }
 
     /// Admits and evaluates one tree (see [`CoordinatorService::run`], which records it).
-    async fn run_tree(
-        &self,
-        client: ClientName,
-        key: String,
-        query: AskQuery,
-        client_timeout: Option<Duration>,
-        events: Option<EventSender>,
-        parent: Option<(u128, u64)>,
-    ) -> Result<AskReply, ServiceError> {
+    async fn run_tree(&self, call: TreeCall) -> Result<AskReply, ServiceError> {
+        let TreeCall {
+            client,
+            key,
+            query,
+            client_timeout,
+            events,
+            parent,
+        } = call;
         let (budget, call_deadline) = self.budget(&query, client_timeout);
         let _client_slot = self.client_slot(key)?;
         let _slot = self.trees.clone().try_acquire_owned().map_err(|_| {
@@ -608,10 +652,20 @@ impl pb::coordinator_server::Coordinator for Arc<CoordinatorService> {
     ) -> Result<Response<pb::AskResponse>, Status> {
         let client = self.authorize(&request, Right::Ask)?;
         let key = client_key(&client, &request);
+        self.admit_rate(&key)?;
         let timeout = request_timeout(&request);
         let (parent, _) = telemetry::of_request(&request);
         let query = AskQuery::decode(request.into_inner(), &self.config.limits)?;
-        let reply = self.run(client, key, query, timeout, None, parent).await?;
+        let reply = self
+            .run(TreeCall {
+                client,
+                key,
+                query,
+                client_timeout: timeout,
+                events: None,
+                parent,
+            })
+            .await?;
         Ok(Response::new(reply.encode()))
     }
 
@@ -623,6 +677,7 @@ impl pb::coordinator_server::Coordinator for Arc<CoordinatorService> {
     ) -> Result<Response<Self::AskStreamStream>, Status> {
         let client = self.authorize(&request, Right::Ask)?;
         let key = client_key(&client, &request);
+        self.admit_rate(&key)?;
         let timeout = request_timeout(&request);
         let (parent, _) = telemetry::of_request(&request);
         // Decoded before streaming, so bad requests get a status rather than a broken stream.
@@ -639,7 +694,14 @@ impl pb::coordinator_server::Coordinator for Arc<CoordinatorService> {
             // The tree lives as long as the client listens: when the stream is dropped, `closed`
             // fires and the tree future (and its worker calls) are dropped.
             tokio::select! {
-                result = service.run(client, key, query, timeout, Some(events.clone()), parent) => {
+                result = service.run(TreeCall {
+                    client,
+                    key,
+                    query,
+                    client_timeout: timeout,
+                    events: Some(events.clone()),
+                    parent,
+                }) => {
                     let sent = match result {
                         Ok(reply) => events.send(Ok(TreeEvent::Done(Box::new(reply)).encode())).await,
                         Err(e) => Err(e),
