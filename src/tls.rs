@@ -645,6 +645,15 @@ fn days_from_civil(year: i64, month: i64, day: i64) -> i64 {
     era * 146_097 + doe - 719_468
 }
 
+/// The current time as RFC 3339 (`2026-11-27T23:50:00Z`).
+pub fn rfc3339_now() -> String {
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0);
+    format_utc(now).replacen(' ', "T", 1).replace(" UTC", "Z")
+}
+
 /// Unix seconds as `YYYY-MM-DD HH:MM:SS UTC`.
 fn format_utc(seconds: i64) -> String {
     let days = seconds.div_euclid(86_400);

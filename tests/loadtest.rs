@@ -67,3 +67,57 @@ async fn loadtest_against_a_running_coordinator() {
     );
     cluster.stop().await;
 }
+
+/// The JSON report reads like ghz's, and the open loop keeps its schedule: about `rate` trees a
+/// second were started, whatever their latency.
+#[test]
+fn the_json_report_is_ghz_shaped_in_both_loops() {
+    let dir = std::env::temp_dir().join(format!("hch-loadtest-json-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    for (name, extra) in [("closed", vec![]), ("open", vec!["--rate", "200"])] {
+        let path = dir.join(format!("{name}.json"));
+        let path_text = path.to_string_lossy().into_owned();
+        let mut args = vec!["--json", path_text.as_str()];
+        args.extend(extra.iter().copied());
+        let report = loadtest(&args);
+        check(&report);
+        let json: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+        let count = json["count"].as_u64().unwrap();
+        assert!(count > 0, "{name}: {json}");
+        let codes: u64 = json["statusCodeDistribution"]
+            .as_object()
+            .unwrap()
+            .values()
+            .map(|v| v.as_u64().unwrap())
+            .sum();
+        assert_eq!(codes, count, "{name}: every tree has a status");
+        let latencies: Vec<u64> = json["latencyDistribution"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| p["latency"].as_u64().unwrap())
+            .collect();
+        assert_eq!(latencies.len(), 7, "{name}");
+        assert!(
+            latencies.windows(2).all(|w| w[0] <= w[1]),
+            "{name}: {latencies:?}"
+        );
+        let histogram: u64 = json["histogram"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|b| b["count"].as_u64().unwrap())
+            .sum();
+        assert_eq!(histogram, count, "{name}");
+        assert!(json["rps"].as_f64().unwrap() > 0.0);
+        if name == "open" {
+            // 200 a second for 0.3 s: the schedule starts 60 trees.
+            assert_eq!(count, 60, "{json}");
+            assert_eq!(json["options"]["rps"].as_f64(), Some(200.0));
+        } else {
+            assert_eq!(json["options"]["concurrency"].as_u64(), Some(8));
+        }
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -18,6 +18,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result};
 use clap::Args;
 
+use super::report;
 use crate::coordinator::auth::attach;
 use crate::coordinator::pool::{PoolConfig, WorkerSource};
 use crate::coordinator::CoordinatorConfig;
@@ -87,6 +88,14 @@ pub struct LoadtestArgs {
     /// the raw baseline's Status calls need the status right).
     #[arg(long, requires = "coordinator")]
     token: Option<String>,
+    /// Open loop: start this many trees a second on a fixed schedule, whether or not earlier
+    /// ones have finished, and measure each tree's latency from when it was due (no coordinated
+    /// omission). Without it, the tree phase is closed loop: `--clients` trees in flight.
+    #[arg(long)]
+    rate: Option<f64>,
+    /// Write the tree phase's report as JSON shaped like ghz's (`ghz --format json`) to FILE.
+    #[arg(long, value_name = "FILE")]
+    json: Option<std::path::PathBuf>,
     /// With --coordinator: TLS to it (and to --worker).
     #[command(flatten)]
     tls: super::ClientTlsArgs,
@@ -155,6 +164,85 @@ where
         cores: (cpu_time() - cpu_start).as_secs_f64() / elapsed,
         latencies,
         failed: failed.load(Ordering::Relaxed),
+    })
+}
+
+/// How the tree phase loads the coordinator.
+#[derive(Clone, Copy, Debug)]
+enum Load {
+    /// This many clients, each with one tree in flight.
+    Closed(usize),
+    /// Trees started at this rate (a second) on a fixed schedule.
+    Open(f64),
+}
+
+/// What the tree phase measured.
+struct TreePhase {
+    samples: report::Samples,
+    elapsed: f64,
+    cores: f64,
+}
+
+/// Runs trees for `period` under `load`; `tree(seq)` asks the `seq`th and says how it went (its
+/// status, and whether it was degraded). An open-loop tree's latency counts from when it was
+/// due, so a stalled server shows up as latency rather than as trees never sent. The phase ends
+/// when the last tree started within `period` has finished.
+async fn tree_phase<F, Fut>(load: Load, period: Duration, tree: F) -> Result<TreePhase>
+where
+    F: Fn(u64) -> Fut + Clone + Send + Sync + 'static,
+    Fut: std::future::Future<Output = (tonic::Code, bool)> + Send + 'static,
+{
+    let start = Instant::now();
+    let cpu_start = cpu_time();
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<report::Sample>();
+    match load {
+        Load::Closed(clients) => {
+            let seq = Arc::new(AtomicU64::new(0));
+            for _ in 0..clients {
+                let (tree, tx, seq) = (tree.clone(), tx.clone(), seq.clone());
+                tokio::spawn(async move {
+                    while start.elapsed() < period {
+                        let sent = Instant::now();
+                        let (code, degraded) = tree(seq.fetch_add(1, Ordering::Relaxed)).await;
+                        let _ = tx.send(report::Sample {
+                            latency: sent.elapsed(),
+                            code,
+                            degraded,
+                        });
+                    }
+                });
+            }
+        }
+        Load::Open(rate) => {
+            for i in 0u64.. {
+                let due = start + Duration::from_secs_f64(i as f64 / rate);
+                if due >= start + period {
+                    break;
+                }
+                tokio::time::sleep_until(tokio::time::Instant::from_std(due)).await;
+                let (tree, tx) = (tree.clone(), tx.clone());
+                tokio::spawn(async move {
+                    let (code, degraded) = tree(i).await;
+                    let _ = tx.send(report::Sample {
+                        latency: due.elapsed(),
+                        code,
+                        degraded,
+                    });
+                });
+            }
+        }
+    }
+    drop(tx);
+    let mut samples = report::Samples::default();
+    // Ends when every tree's task has finished (and dropped its sender).
+    while let Some(sample) = rx.recv().await {
+        samples.add(sample);
+    }
+    let elapsed = start.elapsed().as_secs_f64();
+    Ok(TreePhase {
+        samples,
+        elapsed,
+        cores: (cpu_time() - cpu_start).as_secs_f64() / elapsed,
     })
 }
 
@@ -320,9 +408,10 @@ pub async fn run(args: LoadtestArgs) -> Result<()> {
             }
         };
         println!(
-            "raw unary calls:      {:>10.0} calls/s over {connections} connection(s), {:.2} cores busy",
+            "raw unary calls:      {:>10.0} calls/s over {connections} connection(s), {:.2} cores busy, {} failed",
             raw.rate(),
-            raw.cores
+            raw.cores,
+            raw.failed
         );
         if best.as_ref().map_or(true, |b| raw.rate() > b.rate()) {
             best = Some(raw);
@@ -350,17 +439,21 @@ pub async fn run(args: LoadtestArgs) -> Result<()> {
     };
     let before = worker_totals(&cluster);
     let subquestions = Arc::new(AtomicU64::new(0));
-    let seeds = Arc::new(AtomicU64::new(1));
-    let (domain, size, instances) = (args.domain, args.size, args.instances);
-    let trees = phase(args.clients, period, |i| {
-        let client =
-            pb::coordinator_client::CoordinatorClient::new(channels[i % channels.len()].clone());
-        let (seeds, mode, question) = (seeds.clone(), args.mode, question.clone());
-        let subquestions = subquestions.clone();
-        let token = args.token.clone();
-        move || {
-            let mut client = client.clone();
-            let mut seed = seeds.fetch_add(1, Ordering::Relaxed);
+    let (domain, size, instances, mode) = (args.domain, args.size, args.instances, args.mode);
+    let load = match args.rate {
+        Some(rate) if rate > 0.0 => Load::Open(rate),
+        Some(rate) => anyhow::bail!("--rate must be above 0 trees a second, not {rate}"),
+        None => Load::Closed(args.clients.max(1)),
+    };
+    let tree = {
+        let (channels, question) = (Arc::new(channels), question.clone());
+        let (subquestions, token) = (subquestions.clone(), args.token.clone());
+        move |seq: u64| {
+            let mut client = pb::coordinator_client::CoordinatorClient::new(
+                channels[seq as usize % channels.len()].clone(),
+            );
+            // A fresh instance for every tree (seeds from 1), or a cycle over a few.
+            let mut seed = seq + 1;
             if instances > 0 {
                 seed %= instances;
             }
@@ -379,30 +472,61 @@ pub async fn run(args: LoadtestArgs) -> Result<()> {
             attach(&mut request, token.as_deref());
             let subquestions = subquestions.clone();
             async move {
-                let reply = client.ask(request).await.ok();
-                match reply.and_then(|r| AskReply::decode(r.into_inner()).ok()) {
-                    Some(r) if r.exhausted.is_none() => {
-                        let asked = r.stats.answerer_queries;
-                        subquestions.fetch_add(asked, Ordering::Relaxed);
-                        true
-                    }
-                    _ => false,
+                match client.ask(request).await {
+                    Ok(reply) => match AskReply::decode(reply.into_inner()) {
+                        Ok(r) if r.exhausted.is_none() => {
+                            subquestions.fetch_add(r.stats.answerer_queries, Ordering::Relaxed);
+                            (tonic::Code::Ok, false)
+                        }
+                        Ok(_) => (tonic::Code::Ok, true),
+                        Err(e) => (e.code(), false),
+                    },
+                    Err(status) => (status.code(), false),
                 }
             }
         }
-    })
-    .await?;
+    };
+    let trees = tree_phase(load, period, tree).await?;
     let after = worker_totals(&cluster);
     let (answered, calls, batches) = (after.0 - before.0, after.1 - before.1, after.2 - before.2);
     let sub_rate = subquestions.load(Ordering::Relaxed) as f64 / trees.elapsed;
     println!(
         "subquestions:         {sub_rate:>10.0} subquestions/s ({:.0} trees/s, {} degraded or failed, {:.2} cores busy{})",
-        trees.rate(),
-        trees.failed,
+        trees.samples.succeeded() as f64 / trees.elapsed.max(1e-9),
+        trees.samples.failed(),
         trees.cores,
         if cluster.is_some() { "" } else { " by the clients" }
     );
-    println!("tree latency:         {}", percentiles(trees.latencies));
+    println!(
+        "tree latency:         {}{}",
+        trees.samples.percentiles(),
+        match load {
+            Load::Open(rate) => format!(" (open loop at {rate} trees/s, from when each was due)"),
+            Load::Closed(_) => String::new(),
+        }
+    );
+    if let Some(path) = &args.json {
+        let options = report::Options {
+            call: "hch.v1.Coordinator.Ask".into(),
+            host: coordinator_addr.clone(),
+            concurrency: match load {
+                Load::Closed(clients) => Some(clients),
+                Load::Open(_) => None,
+            },
+            rps: match load {
+                Load::Open(rate) => Some(rate),
+                Load::Closed(_) => None,
+            },
+            duration: period.as_nanos() as u64,
+        };
+        let report = trees
+            .samples
+            .report(Duration::from_secs_f64(trees.elapsed), options);
+        let json = serde_json::to_vec_pretty(&report)?;
+        crate::fsutil::write_atomic(path, &json)
+            .with_context(|| format!("writing the report {}", path.display()))?;
+        println!("report:               {}", path.display());
+    }
     if cluster.is_some() {
         println!(
             "batching:             {:>10.1} subquestions per worker call, {:.1} calls per forward pass ({calls} calls)",

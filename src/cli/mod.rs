@@ -5,6 +5,7 @@
 mod demo;
 mod loadtest;
 mod remote;
+mod report;
 mod serve;
 #[cfg(feature = "model")]
 mod train;
