@@ -249,12 +249,17 @@ impl<F: TlsFiles> Reloading<F> {
     }
 }
 
+/// The largest PEM file read.
+const MAX_PEM_BYTES: u64 = 1 << 20;
+
 fn read_all<F: TlsFiles>(files: &F) -> Result<Vec<Vec<u8>>, TlsError> {
     files
         .paths()
         .into_iter()
         .map(|(role, path)| {
-            std::fs::read(path).map_err(|e| TlsError::Unreadable {
+            // A regular file of at most 1 MiB: a FIFO in a certificate's place would block the
+            // watcher's thread for good, and no PEM bundle is larger.
+            crate::fsutil::read_small(path, MAX_PEM_BYTES).map_err(|e| TlsError::Unreadable {
                 role,
                 path: path.to_path_buf(),
                 error: e.to_string(),

@@ -451,6 +451,17 @@ fn every_problem_with_a_file_names_the_file() {
     assert!(matches!(error, TlsError::NoPem { .. }), "{error}");
     assert!(error.to_string().contains("garbage.crt"), "{error}");
 
+    // A FIFO in a certificate's place is refused, not waited on.
+    let fifo = dir.0.join("fifo.crt");
+    assert!(std::process::Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .unwrap()
+        .success());
+    let error = load(&fifo, &key).unwrap_err();
+    assert!(matches!(error, TlsError::Unreadable { .. }), "{error}");
+    assert!(error.to_string().contains("fifo.crt"), "{error}");
+
     let (old_cert, old_key) = dir.leaf("old", &ca.issue(&["localhost"], false, (-5, -3)));
     let error = load(&old_cert, &old_key).unwrap_err();
     assert!(matches!(error, TlsError::Expired { .. }), "{error}");
