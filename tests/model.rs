@@ -412,19 +412,24 @@ fn the_trainers_adam_steps_like_libtorchs() {
     }
     let a = trainer.model().var_store().variables();
     let b = theirs.var_store().variables();
-    // Five steps of 1e-3 each: a wrong moment, bias correction or clip would be off by about
-    // 1e-3, and the tolerance is a tenth of a step. The attention keys' biases are left out: the
-    // softmax is blind to them, so their gradient is rounding noise, which Adam normalises into
-    // steps of about the learning rate in a direction the noise picks (the two sum in slightly
-    // different orders, and under load libtorch's threads split the sums differently again).
+    // Five steps of 1e-3 each: a wrong moment or bias correction moves every weight by about
+    // 1e-3, so each tensor's mean difference must stay under a tenth of a step. Not its largest:
+    // where a gradient is only rounding noise (the attention keys' biases, to which softmax is
+    // blind, and key weights on inputs that are constant across facts), Adam normalises the
+    // noise into steps of about the learning rate in a direction the noise picks, and the two
+    // sum in slightly different orders (more so when other tests share libtorch's threads, as
+    // under a full `cargo test`). Those biases carry nothing to compare and are left out.
     let mut compared = 0;
     for (name, t) in &a {
         if name.ends_with(".k.bias") {
             continue;
         }
         compared += 1;
-        let diff = (t - &b[name]).abs().max().double_value(&[]);
-        assert!(diff < 1e-4, "{name} differs by {diff}");
+        let diff = (t - &b[name])
+            .abs()
+            .mean(tch::Kind::Float)
+            .double_value(&[]);
+        assert!(diff < 1e-4, "{name} differs by {diff} on average");
     }
     assert!(compared > 10, "only {compared} parameters compared");
 }
