@@ -1,12 +1,106 @@
-//! Per-client rate limits: a token bucket per client (a token's name, or without tokens a
-//! connection), refilled at `rate` trees a second up to `burst`. A client over its rate is
-//! refused with RESOURCE_EXHAUSTED, the wait until its next token in the message and in the
-//! `grpc-retry-pushback-ms` trailer (gRPC's retry pushback, which clients with a retry policy
+//! Per-client limits. A client is a token's name, or without tokens a connection
+//! ([`client_key`]). It may hold at most so many trees in flight ([`PerClient::slot`]), so no
+//! single client can take every tree slot; and it may be held to a rate ([`RateLimiter`]): a
+//! token bucket refilled at `rate` trees a second up to `burst`. Over either, it is refused with
+//! RESOURCE_EXHAUSTED; over its rate, with the wait until its next token in the message and in
+//! the `grpc-retry-pushback-ms` trailer (gRPC's retry pushback, which clients with a retry policy
 //! honour).
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+
+use tonic::{Request, Status};
+
+use super::auth::ClientName;
+use crate::rpc::ServiceError;
+
+/// Who a call counts against: the token's name, or without tokens the connection the call came
+/// on.
+pub fn client_key<T>(name: &ClientName, request: &Request<T>) -> String {
+    let remote = crate::server::PeerInfo::of(request).and_then(|p| p.remote);
+    match (name, remote) {
+        (Some(name), _) => format!("client {name:?}"),
+        (None, Some(addr)) => format!("connection {addr}"),
+        (None, None) => "an unknown connection".to_string(),
+    }
+}
+
+/// Each client's trees in flight, and its rate if one is set.
+pub struct PerClient {
+    max_in_flight: usize,
+    in_flight: Arc<Mutex<HashMap<String, usize>>>,
+    rate: Option<RateLimiter>,
+}
+
+impl PerClient {
+    pub fn new(max_in_flight: usize, rate: Option<RateLimiter>) -> Self {
+        Self {
+            max_in_flight: max_in_flight.max(1),
+            in_flight: Arc::default(),
+            rate,
+        }
+    }
+
+    /// Takes one of `key`'s slots for a tree, unless it holds its maximum already.
+    pub fn slot(&self, key: String) -> Result<ClientSlot, ServiceError> {
+        let max = self.max_in_flight;
+        let mut counts = self.in_flight.lock().unwrap_or_else(|p| p.into_inner());
+        let n = counts.entry(key.clone()).or_default();
+        if *n >= max {
+            return Err(ServiceError::ResourceExhausted(format!(
+                "{key} has {max} trees in flight, the most one client may have: retry when one \
+                 finishes"
+            )));
+        }
+        *n += 1;
+        Ok(ClientSlot {
+            counts: self.in_flight.clone(),
+            client: key,
+        })
+    }
+
+    /// Takes one of `key`'s tokens for a new tree, or refuses with RESOURCE_EXHAUSTED, saying how
+    /// long to wait in the message and in the `grpc-retry-pushback-ms` trailer.
+    pub fn admit(&self, key: &str) -> Result<(), Status> {
+        let Some(limiter) = &self.rate else {
+            return Ok(());
+        };
+        limiter.take(key).map_err(|wait| {
+            let ms = wait.as_millis().max(1);
+            let mut status = Status::resource_exhausted(format!(
+                "{key} is starting trees faster than the {} a second (in bursts of {}) one \
+                 client may: retry in {ms} ms",
+                limiter.rate(),
+                limiter.burst()
+            ));
+            if let Ok(value) = ms.to_string().parse() {
+                status
+                    .metadata_mut()
+                    .insert("grpc-retry-pushback-ms", value);
+            }
+            status
+        })
+    }
+}
+
+/// One tree's hold on its client's share of the slots, given back when dropped.
+pub struct ClientSlot {
+    counts: Arc<Mutex<HashMap<String, usize>>>,
+    client: String,
+}
+
+impl Drop for ClientSlot {
+    fn drop(&mut self) {
+        let mut counts = self.counts.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = counts.get_mut(&self.client) {
+            *n -= 1;
+            if *n == 0 {
+                counts.remove(&self.client);
+            }
+        }
+    }
+}
 
 /// Clients remembered before full buckets are forgotten (a full bucket is the state of a client
 /// never seen, so forgetting it changes nothing).

@@ -14,8 +14,9 @@ pub mod limit;
 pub mod metrics;
 pub mod pool;
 pub mod remote;
+mod traces;
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -39,6 +40,7 @@ use crate::with_domain;
 use auth::{ClientName, Right, Tokens};
 use pool::Pool;
 use remote::{RemoteAnswerer, RemoteConfig, TreeTelemetry, CURRENT_TREE};
+use traces::{StoredTrace, TraceStore};
 
 /// Coordinator limits and defaults.
 #[derive(Clone, Debug)]
@@ -145,42 +147,6 @@ trait DomainCoordinator: Send + Sync {
         tree_id: String,
         events: Option<EventSender>,
     ) -> BoxFuture<'_, Result<(AskReply, Option<StoredTrace>), ServiceError>>;
-}
-
-/// A finished tree's trace, kept typed; `render` turns it into text on demand.
-struct StoredTrace {
-    tree_id: String,
-    /// The client whose tree it was: only it may read the trace.
-    owner: ClientName,
-    /// The memory it holds (its nodes, its id and this record), for the store's byte bound.
-    bytes: usize,
-    render: Box<dyn Fn() -> TraceView + Send + Sync>,
-}
-
-/// The finished traces kept for GetTrace, oldest first, bounded by count and by bytes.
-#[derive(Default)]
-struct TraceStore {
-    traces: VecDeque<StoredTrace>,
-    bytes: usize,
-}
-
-impl TraceStore {
-    /// Keeps `trace`, dropping the oldest until both bounds hold; a trace above the byte bound
-    /// on its own is not kept. Returns whether it was kept.
-    fn keep(&mut self, trace: StoredTrace, max_count: usize, max_bytes: usize) -> bool {
-        if trace.bytes > max_bytes || max_count == 0 {
-            return false;
-        }
-        self.bytes += trace.bytes;
-        self.traces.push_back(trace);
-        while self.traces.len() > max_count || self.bytes > max_bytes {
-            match self.traces.pop_front() {
-                Some(old) => self.bytes -= old.bytes,
-                None => break,
-            }
-        }
-        true
-    }
 }
 
 struct Typed<D: Domain> {
@@ -303,11 +269,10 @@ pub struct CoordinatorService {
     trees: Arc<Semaphore>,
     trees_total: AtomicU64,
     traces: Mutex<TraceStore>,
-    /// Trees in flight per client (see [`CoordinatorConfig::max_trees_per_client`]).
-    per_client: Arc<Mutex<HashMap<String, usize>>>,
+    /// Each client's trees in flight and rate.
+    per_client: limit::PerClient,
     config: CoordinatorConfig,
     metrics: metrics::TreeMetrics,
-    rate: Option<limit::RateLimiter>,
 }
 
 /// A tree to run, as a call asked for it.
@@ -322,35 +287,6 @@ struct TreeCall {
     events: Option<EventSender>,
     /// The caller's trace context (trace id, span id), if it sent one.
     parent: Option<(u128, u64)>,
-}
-
-/// One tree's hold on its client's share of the slots, given back when dropped.
-struct ClientSlot {
-    counts: Arc<Mutex<HashMap<String, usize>>>,
-    client: String,
-}
-
-impl Drop for ClientSlot {
-    fn drop(&mut self) {
-        let mut counts = self.counts.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(n) = counts.get_mut(&self.client) {
-            *n -= 1;
-            if *n == 0 {
-                counts.remove(&self.client);
-            }
-        }
-    }
-}
-
-/// Who a call counts against for [`CoordinatorConfig::max_trees_per_client`]: the token's name,
-/// or without tokens the connection the call came on.
-fn client_key<T>(name: &ClientName, request: &Request<T>) -> String {
-    let remote = crate::server::PeerInfo::of(request).and_then(|p| p.remote);
-    match (name, remote) {
-        (Some(name), _) => format!("client {name:?}"),
-        (None, Some(addr)) => format!("connection {addr}"),
-        (None, None) => "an unknown connection".to_string(),
-    }
 }
 
 impl CoordinatorService {
@@ -374,12 +310,14 @@ impl CoordinatorService {
             trees: Arc::new(Semaphore::new(config.max_trees.max(1))),
             trees_total: AtomicU64::new(0),
             traces: Mutex::new(TraceStore::default()),
-            per_client: Arc::default(),
+            per_client: limit::PerClient::new(
+                config.max_trees_per_client,
+                config
+                    .tree_rate_per_client
+                    .filter(|r| *r > 0.0)
+                    .map(|r| limit::RateLimiter::new(r, config.tree_burst_per_client)),
+            ),
             metrics: metrics::TreeMetrics::default(),
-            rate: config
-                .tree_rate_per_client
-                .filter(|r| *r > 0.0)
-                .map(|r| limit::RateLimiter::new(r, config.tree_burst_per_client)),
             config,
         })
     }
@@ -454,48 +392,6 @@ impl CoordinatorService {
         }
     }
 
-    /// Takes one of `key`'s slots, unless it holds its maximum already.
-    /// Takes one of `key`'s tokens for a new tree, or refuses with RESOURCE_EXHAUSTED, saying how
-    /// long to wait in the message and in the `grpc-retry-pushback-ms` trailer.
-    fn admit_rate(&self, key: &str) -> Result<(), Status> {
-        let Some(limiter) = &self.rate else {
-            return Ok(());
-        };
-        limiter.take(key).map_err(|wait| {
-            self.metrics.rate_limited.inc();
-            let ms = wait.as_millis().max(1);
-            let mut status = Status::resource_exhausted(format!(
-                "{key} is starting trees faster than the {} a second (in bursts of {}) one \
-                 client may: retry in {ms} ms",
-                limiter.rate(),
-                limiter.burst()
-            ));
-            if let Ok(value) = ms.to_string().parse() {
-                status
-                    .metadata_mut()
-                    .insert("grpc-retry-pushback-ms", value);
-            }
-            status
-        })
-    }
-
-    fn client_slot(&self, key: String) -> Result<ClientSlot, ServiceError> {
-        let max = self.config.max_trees_per_client.max(1);
-        let mut counts = self.per_client.lock().unwrap_or_else(|p| p.into_inner());
-        let n = counts.entry(key.clone()).or_default();
-        if *n >= max {
-            return Err(ServiceError::ResourceExhausted(format!(
-                "{key} has {max} trees in flight, the most one client may have: retry when one \
-                 finishes"
-            )));
-        }
-        *n += 1;
-        Ok(ClientSlot {
-            counts: self.per_client.clone(),
-            client: key,
-        })
-    }
-
     /// Runs a tree (see [`CoordinatorService::run_tree`]) and records it in the metrics.
     async fn run(&self, call: TreeCall) -> Result<AskReply, ServiceError> {
         let (domain, mode) = (
@@ -544,7 +440,7 @@ impl CoordinatorService {
             parent,
         } = call;
         let (budget, call_deadline) = self.budget(&query, client_timeout);
-        let _client_slot = self.client_slot(key)?;
+        let _client_slot = self.per_client.slot(key)?;
         let _slot = self.trees.clone().try_acquire_owned().map_err(|_| {
             ServiceError::ResourceExhausted(format!(
                 "the coordinator is evaluating its maximum of {} trees: retry later",
@@ -616,10 +512,7 @@ impl CoordinatorService {
     pub fn trace(&self, id: &str, client: &ClientName) -> Result<TraceView, ServiceError> {
         let traces = self.traces.lock().unwrap_or_else(|p| p.into_inner());
         traces
-            .traces
-            .iter()
-            .rev()
-            .find(|t| t.tree_id == id && t.owner == *client)
+            .find(id, client)
             .map(|t| (t.render)())
             .ok_or_else(|| {
                 ServiceError::NotFound(format!(
@@ -651,8 +544,10 @@ impl pb::coordinator_server::Coordinator for Arc<CoordinatorService> {
         request: Request<pb::AskRequest>,
     ) -> Result<Response<pb::AskResponse>, Status> {
         let client = self.authorize(&request, Right::Ask)?;
-        let key = client_key(&client, &request);
-        self.admit_rate(&key)?;
+        let key = limit::client_key(&client, &request);
+        self.per_client.admit(&key).inspect_err(|_| {
+            self.metrics.rate_limited.inc();
+        })?;
         let timeout = request_timeout(&request);
         let (parent, _) = telemetry::of_request(&request);
         let query = AskQuery::decode(request.into_inner(), &self.config.limits)?;
@@ -676,8 +571,10 @@ impl pb::coordinator_server::Coordinator for Arc<CoordinatorService> {
         request: Request<pb::AskRequest>,
     ) -> Result<Response<Self::AskStreamStream>, Status> {
         let client = self.authorize(&request, Right::Ask)?;
-        let key = client_key(&client, &request);
-        self.admit_rate(&key)?;
+        let key = limit::client_key(&client, &request);
+        self.per_client.admit(&key).inspect_err(|_| {
+            self.metrics.rate_limited.inc();
+        })?;
         let timeout = request_timeout(&request);
         let (parent, _) = telemetry::of_request(&request);
         // Decoded before streaming, so bad requests get a status rather than a broken stream.
@@ -737,46 +634,5 @@ impl pb::coordinator_server::Coordinator for Arc<CoordinatorService> {
     ) -> Result<Response<pb::StatusResponse>, Status> {
         self.authorize(&request, Right::Status)?;
         Ok(Response::new(CoordinatorService::status(self).encode()))
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn trace(id: &str, bytes: usize) -> StoredTrace {
-        StoredTrace {
-            tree_id: id.to_string(),
-            owner: None,
-            bytes,
-            render: Box::new(|| unreachable!("not rendered")),
-        }
-    }
-
-    fn ids(store: &TraceStore) -> Vec<&str> {
-        store.traces.iter().map(|t| t.tree_id.as_str()).collect()
-    }
-
-    #[test]
-    fn traces_are_bounded_by_count_and_by_bytes() {
-        let mut store = TraceStore::default();
-        for (id, bytes) in [("a", 40), ("b", 40), ("c", 40)] {
-            assert!(store.keep(trace(id, bytes), 10, 100));
-        }
-        // 120 bytes held by three: the oldest went.
-        assert_eq!(ids(&store), ["b", "c"]);
-        assert_eq!(store.bytes, 80);
-        // One large trace pushes out as many as it takes.
-        assert!(store.keep(trace("d", 90), 10, 100));
-        assert_eq!(ids(&store), ["d"]);
-        // A trace larger than the whole bound is not kept, and costs the others nothing.
-        assert!(!store.keep(trace("e", 101), 10, 100));
-        assert_eq!(ids(&store), ["d"]);
-        // The count bound.
-        for id in ["f", "g", "h"] {
-            store.keep(trace(id, 1), 2, 100);
-        }
-        assert_eq!(ids(&store), ["g", "h"]);
-        assert_eq!(store.bytes, 2);
     }
 }
