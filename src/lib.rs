@@ -13,6 +13,8 @@
 //! - [`fsutil`]: crash-safe file writing (temporary file, fsync, rename) and streaming SHA-256.
 //! - [`text`]: the parser toolkit behind the text syntax and its pointed error messages.
 //! - [`metrics`]: Prometheus metrics, one registry per server, served by the admin listener.
+//! - [`otel`]: OpenTelemetry spans of each tree, its worker calls and the workers' batches,
+//!   exported over OTLP when an endpoint is configured (`rpc::telemetry` is their wire context).
 //! - [`tls`]: transport security: TLS and mutual TLS from PEM files, reloaded when they change.
 //! - [`rng`]: the reproducible random stream instances are generated from.
 //! - [`rpc`]: the wire (generated code, each message's encode/decode pair, the error-to-status
@@ -53,6 +55,7 @@ pub mod fuzzing;
 pub mod metrics;
 #[cfg(feature = "model")]
 pub mod model;
+pub mod otel;
 pub mod registry;
 pub mod rng;
 pub mod rpc;

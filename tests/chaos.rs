@@ -18,85 +18,13 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use common::Process as Server;
 use hch::rpc::pb;
 use tokio::time::Instant;
-
-/// A server in its own process, killed when dropped.
-struct Server {
-    child: Child,
-    addr: String,
-}
-
-impl Server {
-    /// Starts `hch ARGS` and waits for its `... listening on ADDR` line.
-    fn start(args: &[&str]) -> Server {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_hch"))
-            .args(args)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("hch starts");
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        let addr = line
-            .trim()
-            .split_once(" listening on ")
-            .map(|(_, addr)| addr.to_string())
-            .unwrap_or_else(|| panic!("unexpected first line {line:?} from hch {args:?}"));
-        Server { child, addr }
-    }
-
-    fn worker(listen: &str) -> Server {
-        Server::start(&["worker", "--oracle", "--listen", listen])
-    }
-
-    fn signal(&self, signal: &str) {
-        let sent = Command::new("kill")
-            .args([signal, &self.child.id().to_string()])
-            .status()
-            .unwrap();
-        assert!(sent.success(), "kill {signal} failed");
-    }
-
-    /// Waits until the kernel reports the process in the state that `signal` leads to ('T' for
-    /// stopped, anything else for running), so that the test's clock starts at the fault itself.
-    async fn wait_state(&self, stopped: bool) {
-        let stat = format!("/proc/{}/stat", self.child.id());
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            let state = std::fs::read_to_string(&stat).unwrap_or_default();
-            let after = state.rsplit_once(") ").map(|(_, rest)| rest).unwrap_or("");
-            if after.starts_with('T') == stopped {
-                return;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "the process did not change state"
-            );
-            tokio::task::yield_now().await;
-        }
-    }
-
-    fn kill(mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Outcome {

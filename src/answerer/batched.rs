@@ -18,6 +18,8 @@ use tokio::time::Instant;
 
 use super::{AnswerError, Answerer, AnswererId, Answers, Query};
 use crate::domain::Domain;
+use crate::otel::{KeyValue, Kind, Parent, Tracer};
+use crate::rpc::telemetry::TraceContext;
 
 /// Batching limits.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -56,6 +58,8 @@ struct Job<D: Domain> {
     len: usize,
     reply: oneshot::Sender<Result<Answered<D::Answer>, AnswerError>>,
     enqueued: Instant,
+    /// The caller's span (a worker call), the parent of the batch's span.
+    trace: Option<TraceContext>,
 }
 
 /// Where a batcher records its distributions (a worker's metrics; see `worker::metrics`).
@@ -94,22 +98,23 @@ pub struct Batcher<D: Domain> {
 impl<D: Domain> Batcher<D> {
     /// Starts the batching task on the current tokio runtime. It ends when the batcher is dropped.
     pub fn start(answerer: SharedAnswerer<D>, config: BatchConfig) -> Self {
-        Self::start_observed(answerer, config, None)
+        Self::start_observed(answerer, config, None, Tracer::off())
     }
 
     /// Like [`Batcher::start`], recording queue times, batch sizes and compute times into
-    /// `histograms`.
+    /// `histograms`, and each batch that serves a sampled call as a span of `tracer`.
     pub fn start_observed(
         answerer: SharedAnswerer<D>,
         config: BatchConfig,
         histograms: Option<BatchHistograms>,
+        tracer: Tracer,
     ) -> Self {
         let (tx, rx) = mpsc::channel(config.queue_capacity.max(1));
         let stats = Arc::new(BatchStats {
             histograms,
             ..BatchStats::default()
         });
-        tokio::spawn(run(rx, answerer, config, stats.clone()));
+        tokio::spawn(run(rx, answerer, config, stats.clone(), tracer));
         Self { tx, stats, config }
     }
 
@@ -124,6 +129,16 @@ impl<D: Domain> Batcher<D> {
 
     /// Queues `queries` and waits for their answers.
     pub async fn submit(&self, queries: Vec<Query<D>>) -> Result<Answered<D::Answer>, AnswerError> {
+        self.submit_traced(queries, None).await
+    }
+
+    /// [`Batcher::submit`] from within the span `trace` (a worker call), which the batch's span
+    /// then hangs under (or links to).
+    pub async fn submit_traced(
+        &self,
+        queries: Vec<Query<D>>,
+        trace: Option<TraceContext>,
+    ) -> Result<Answered<D::Answer>, AnswerError> {
         self.stats.calls.fetch_add(1, Ordering::Relaxed);
         let (reply, answer) = oneshot::channel();
         let job = Job {
@@ -131,6 +146,7 @@ impl<D: Domain> Batcher<D> {
             queries,
             reply,
             enqueued: Instant::now(),
+            trace,
         };
         self.tx.try_send(job).map_err(|e| match e {
             mpsc::error::TrySendError::Full(_) => {
@@ -155,6 +171,7 @@ async fn run<D: Domain>(
     answerer: SharedAnswerer<D>,
     config: BatchConfig,
     stats: Arc<BatchStats>,
+    tracer: Tracer,
 ) {
     while let Some(first) = rx.recv().await {
         let mut size = first.queries.len();
@@ -195,8 +212,12 @@ async fn run<D: Domain>(
         }
         let asked = queries.len();
         let started = Instant::now();
+        let span = tracer
+            .is_on()
+            .then(|| batch_span(&tracer, &jobs, &*current, asked, started));
         let result = current.answer(queries).await;
         let compute = started.elapsed();
+        drop(span);
         stats.batches.fetch_add(1, Ordering::Relaxed);
         stats.questions.fetch_add(asked as u64, Ordering::Relaxed);
         stats
@@ -241,6 +262,45 @@ async fn run<D: Domain>(
             }
         }
     }
+}
+
+/// The span of a batch that serves at least one sampled call: a child of the first such call,
+/// linked to the others (a batch is a fan-in of calls). `None` when no call is sampled.
+fn batch_span<D: Domain>(
+    tracer: &Tracer,
+    jobs: &[Job<D>],
+    answerer: &dyn Answerer<D>,
+    asked: usize,
+    started: Instant,
+) -> Option<crate::otel::Span> {
+    let mut sampled = jobs.iter().filter_map(|j| j.trace).filter(|c| c.sampled);
+    let first = sampled.next()?;
+    let links: Vec<TraceContext> = sampled.take(crate::otel::MAX_LINKS).collect();
+    let longest_wait = jobs
+        .iter()
+        .map(|j| started.saturating_duration_since(j.enqueued))
+        .max()
+        .unwrap_or_default();
+    Some(tracer.start(
+        "hch.batch",
+        Kind::Internal,
+        Parent::Local(first),
+        &links,
+        || {
+            let id = answerer.id();
+            let mut a = vec![
+                KeyValue::new("hch.domain", D::KIND.name()),
+                KeyValue::new("hch.batch_size", asked as i64),
+                KeyValue::new("hch.calls", jobs.len() as i64),
+                KeyValue::new("hch.queue_seconds", longest_wait.as_secs_f64()),
+                KeyValue::new("hch.answerer", id.label().to_string()),
+            ];
+            if let Some(g) = id.generation() {
+                a.push(KeyValue::new("hch.generation", g as i64));
+            }
+            a
+        },
+    ))
 }
 
 /// A [`Batcher`] behind the [`Answerer`] interface, for in-process use: the trees of a local

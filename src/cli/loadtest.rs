@@ -341,12 +341,24 @@ pub async fn run(args: LoadtestArgs) -> Result<()> {
             format!("{} instances", args.instances)
         }
     );
+    // The embedded cluster exports spans as the environment says, like `hch up` (to measure
+    // what tracing costs); a remote one is configured where it runs.
+    let otel = match &args.coordinator {
+        Some(_) => None,
+        None => super::serve::start_otel("hch")?,
+    };
     let (cluster, coordinator_addr) = match &args.coordinator {
         Some(addr) => {
             println!("target: the coordinator at {}", url(addr));
             (None, url(addr))
         }
         None => {
+            if let Some(otel) = &otel {
+                let tracer = otel.tracer();
+                worker_config.tracer = tracer.clone();
+                coordinator_config.tracer = tracer;
+                println!("trace export: on ({})", otel.describe());
+            }
             println!(
                 "settings: {} calls in flight per worker, {} questions per call at most, worker wait {} us",
                 pool_config.max_in_flight_per_worker,
@@ -540,6 +552,20 @@ pub async fn run(args: LoadtestArgs) -> Result<()> {
     );
     if let Some(cluster) = cluster {
         cluster.stop().await;
+        if let Some(otel) = otel {
+            otel.flush().await;
+            let stats = otel.stats();
+            println!(
+                "trace export: {} spans exported, {} lost",
+                stats
+                    .exported_spans
+                    .load(std::sync::atomic::Ordering::Relaxed),
+                stats
+                    .failed_spans
+                    .load(std::sync::atomic::Ordering::Relaxed)
+            );
+            otel.shutdown().await;
+        }
     }
     Ok(())
 }

@@ -80,6 +80,9 @@ enum Command {
     Coordinator(serve::CoordinatorArgs),
     /// A coordinator and N workers in one process, for local use.
     Up(serve::UpArgs),
+    /// Receive OTLP/gRPC traces and print them: checks that servers export spans (point their
+    /// OTEL_EXPORTER_OTLP_ENDPOINT here) without running a collector.
+    OtlpSink(serve::OtlpSinkArgs),
     /// Make a client token for a coordinator's token file (`--tokens`): prints the token (give it
     /// to the client) and its entry (add it to the file; it holds only the token's hash).
     Token(TokenArgs),
@@ -280,6 +283,7 @@ pub fn main() -> Result<()> {
             Command::Worker(args) => serve::worker(args).await,
             Command::Coordinator(args) => serve::coordinator(args).await,
             Command::Up(args) => serve::up(args).await,
+            Command::OtlpSink(args) => serve::otlp_sink(args).await,
             Command::Loadtest(args) => loadtest::run(args).await,
             #[cfg(feature = "model")]
             Command::Train(args) => train::train(args).await,

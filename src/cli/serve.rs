@@ -15,6 +15,7 @@ use crate::answerer::batched::BatchConfig;
 use crate::coordinator::pool::{PoolConfig, WorkerSource};
 use crate::coordinator::CoordinatorConfig;
 use crate::domain::DomainKind;
+use crate::otel::Otel;
 use crate::rpc::coordinator::AskLimits;
 use crate::server::{self, Cluster, ClusterConfig};
 use crate::tls::{ClientAuth, ClientTls, ClientTlsFiles, ServerTls, ServerTlsFiles};
@@ -333,10 +334,27 @@ fn announce(what: &str, addr: SocketAddr) {
     let _ = std::io::stdout().flush();
 }
 
+/// Trace export as the environment asks (`OTEL_EXPORTER_OTLP_ENDPOINT` and the rest; see
+/// [`crate::otel`]), on this runtime; `None` when it asks for none.
+pub fn start_otel(service: &str) -> Result<Option<Otel>> {
+    Otel::from_env(service)
+        .map_err(anyhow::Error::msg)
+        .context("configuring trace export (OTEL_* environment variables)")
+}
+
+/// Exports the spans still queued before the process exits.
+pub async fn stop_otel(otel: Option<Otel>) {
+    if let Some(otel) = otel {
+        otel.shutdown().await;
+    }
+}
+
 pub async fn worker(args: WorkerArgs) -> Result<()> {
     let serving = args.serving.serving()?;
+    let otel = start_otel("hch-worker")?;
     let config = WorkerConfig {
         tls: args.tls.load(true)?,
+        tracer: otel.as_ref().map(Otel::tracer).unwrap_or_default(),
         ..args.serving.config()
     };
     let listener = TcpListener::bind(args.listen)
@@ -346,6 +364,7 @@ pub async fn worker(args: WorkerArgs) -> Result<()> {
     let admin = bind_admin(args.admin_listen).await?;
     let worker = Worker::start(serving, config);
     server::serve_worker(listener, admin, worker, shutdown_signal()).await?;
+    stop_otel(otel).await;
     Ok(())
 }
 
@@ -361,7 +380,11 @@ pub async fn coordinator(args: CoordinatorArgs) -> Result<()> {
         tls: args.worker_tls()?,
         ..pool_config(&args.options, source)
     };
-    let config = coordinator_config(&args.options)?;
+    let otel = start_otel("hch-coordinator")?;
+    let config = CoordinatorConfig {
+        tracer: otel.as_ref().map(Otel::tracer).unwrap_or_default(),
+        ..coordinator_config(&args.options)?
+    };
     let listener = TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("binding {}", args.listen))?;
@@ -370,6 +393,7 @@ pub async fn coordinator(args: CoordinatorArgs) -> Result<()> {
     let pool = crate::coordinator::pool::Pool::start(pool).await;
     let service = crate::coordinator::CoordinatorService::new(pool, config);
     server::serve_coordinator(listener, admin, service, shutdown_signal()).await?;
+    stop_otel(otel).await;
     Ok(())
 }
 
@@ -377,13 +401,21 @@ pub async fn up(args: UpArgs) -> Result<()> {
     if args.workers == 0 {
         bail!("--workers must be at least 1");
     }
+    let otel = start_otel("hch")?;
+    let tracer = otel.as_ref().map(Otel::tracer).unwrap_or_default();
     let cluster = Cluster::start(ClusterConfig {
         workers: args.workers,
         serving: args.serving.serving()?,
-        worker: args.serving.config(),
+        worker: WorkerConfig {
+            tracer: tracer.clone(),
+            ..args.serving.config()
+        },
         coordinator_listen: args.listen,
         pool: pool_config(&args.options, WorkerSource::Static(Vec::new())),
-        coordinator: coordinator_config(&args.options)?,
+        coordinator: CoordinatorConfig {
+            tracer,
+            ..coordinator_config(&args.options)?
+        },
         admin_listen: args.admin_listen,
     })
     .await
@@ -397,5 +429,72 @@ pub async fn up(args: UpArgs) -> Result<()> {
     }
     shutdown_signal().await;
     cluster.stop().await;
+    stop_otel(otel).await;
+    Ok(())
+}
+
+#[derive(Args, Debug)]
+pub struct OtlpSinkArgs {
+    /// Address to receive OTLP/gRPC on.
+    #[arg(long, default_value = "127.0.0.1:4317")]
+    listen: SocketAddr,
+    /// Print every span (service, name, trace and span ids, parent, attributes); without it, the
+    /// count received each second.
+    #[arg(long)]
+    print: bool,
+}
+
+pub async fn otlp_sink(args: OtlpSinkArgs) -> Result<()> {
+    use crate::otel::sink::Sink;
+    let sink = if args.print {
+        Sink::keeping()
+    } else {
+        Sink::counting()
+    };
+    let listener = TcpListener::bind(args.listen)
+        .await
+        .with_context(|| format!("binding {}", args.listen))?;
+    announce("otlp-sink", listener.local_addr()?);
+    let serving = tokio::spawn({
+        let sink = sink.clone();
+        async move { sink.serve(listener, shutdown_signal()).await }
+    });
+    let mut tick =
+        tokio::time::interval(Duration::from_millis(if args.print { 100 } else { 1000 }));
+    let mut last = 0;
+    while !serving.is_finished() {
+        tick.tick().await;
+        if args.print {
+            for s in sink.take_spans() {
+                let attributes: Vec<String> = s
+                    .attributes
+                    .iter()
+                    .map(|(k, v)| format!("{k}={v}"))
+                    .collect();
+                println!(
+                    "{} {} trace={:032x} span={:016x} parent={} {:?} links={} {}",
+                    s.service,
+                    s.name,
+                    s.trace_id,
+                    s.span_id,
+                    s.parent_span_id
+                        .map_or("-".to_string(), |p| format!("{p:016x}")),
+                    s.duration,
+                    s.links.len(),
+                    attributes.join(" ")
+                );
+            }
+        } else {
+            let now = sink.received();
+            if now != last {
+                println!("{} spans received ({} in the last second)", now, now - last);
+                last = now;
+            }
+        }
+    }
+    serving
+        .await
+        .context("the receiver stopped")?
+        .context("serving OTLP")?;
     Ok(())
 }

@@ -32,10 +32,12 @@ use crate::answerer::Answerer;
 use crate::domain::{print_reply, Domain, DomainKind};
 use crate::eval::trace::{Exhausted, TraceNode, TraceView};
 use crate::eval::{Budget, EvalOptions, Evaluator, NodeEvent};
+use crate::otel::{KeyValue, Kind, Parent};
 use crate::rpc::coordinator::{
     AskLimits, AskQuery, AskReply, CoordinatorStatus, TraceRequest, TreeEvent,
 };
-use crate::rpc::{pb, request_timeout, telemetry, ServiceError};
+use crate::rpc::telemetry::{self, TraceContext};
+use crate::rpc::{pb, request_timeout, ServiceError};
 use crate::with_domain;
 use auth::{ClientName, Right, Tokens};
 use pool::Pool;
@@ -77,6 +79,8 @@ pub struct CoordinatorConfig {
     /// TLS for the coordinator's listener: its certificate, and optionally a CA whose client
     /// certificates it accepts. `None`: plain TCP.
     pub tls: Option<Arc<crate::tls::ServerTls>>,
+    /// Where the spans of trees and worker calls go (see [`crate::otel`]); off by default.
+    pub tracer: crate::otel::Tracer,
 }
 
 impl Default for CoordinatorConfig {
@@ -101,6 +105,7 @@ impl Default for CoordinatorConfig {
             tokens: None,
             idle_close: Duration::from_secs(660),
             tls: None,
+            tracer: crate::otel::Tracer::off(),
         }
     }
 }
@@ -285,8 +290,10 @@ struct TreeCall {
     client_timeout: Option<Duration>,
     /// Where an AskStream's events go.
     events: Option<EventSender>,
-    /// The caller's trace context (trace id, span id), if it sent one.
-    parent: Option<(u128, u64)>,
+    /// The caller's trace context, if it sent one.
+    parent: Option<TraceContext>,
+    /// The RPC method (`Ask`, `AskStream`), for the tree's span.
+    method: &'static str,
 }
 
 impl CoordinatorService {
@@ -295,8 +302,12 @@ impl CoordinatorService {
         let mut domains: HashMap<DomainKind, Arc<dyn DomainCoordinator>> = HashMap::new();
         for kind in DomainKind::ALL {
             let typed: Arc<dyn DomainCoordinator> = with_domain!(kind, d => {
-                let answerer: Arc<dyn Answerer<_>> =
-                    Arc::new(RemoteAnswerer::new(d, pool.clone(), config.remote));
+                let answerer: Arc<dyn Answerer<_>> = Arc::new(RemoteAnswerer::new(
+                    d,
+                    pool.clone(),
+                    config.remote,
+                    config.tracer.clone(),
+                ));
                 Arc::new(Typed {
                     domain: d,
                     evaluator: Evaluator::new(d, Some(answerer), EvalOptions::default()),
@@ -392,14 +403,42 @@ impl CoordinatorService {
         }
     }
 
-    /// Runs a tree (see [`CoordinatorService::run_tree`]) and records it in the metrics.
+    /// Runs a tree (see [`CoordinatorService::run_tree`]) and records it in the metrics and in
+    /// its span, the root of the tree's trace (or a child of the client's span).
     async fn run(&self, call: TreeCall) -> Result<AskReply, ServiceError> {
         let (domain, mode) = (
             call.query.domain.name().to_string(),
             call.query.mode.to_string(),
         );
+        let mut span = self.config.tracer.start(
+            "hch.tree",
+            Kind::Server,
+            Parent::remote(call.parent),
+            &[],
+            || {
+                let mut a = vec![
+                    KeyValue::new("rpc.system", "grpc"),
+                    KeyValue::new("rpc.service", "hch.Coordinator"),
+                    KeyValue::new("rpc.method", call.method),
+                    KeyValue::new("hch.domain", domain.clone()),
+                    KeyValue::new("hch.mode", mode.clone()),
+                ];
+                if let Some(client) = &call.client {
+                    a.push(KeyValue::new("hch.client", client.to_string()));
+                }
+                a
+            },
+        );
         let started = std::time::Instant::now();
-        let result = self.run_tree(call).await;
+        let result = self.run_tree(call, span.context()).await;
+        match &result {
+            Ok(reply) => {
+                span.set(|| tree_attributes(reply));
+                span.ok();
+            }
+            Err(e) => span.fail(e.code(), &e.to_string()),
+        }
+        drop(span);
         let outcome = match &result {
             Ok(reply) if reply.known => "answered",
             Ok(_) => "unknown",
@@ -429,15 +468,20 @@ impl CoordinatorService {
         result
     }
 
-    /// Admits and evaluates one tree (see [`CoordinatorService::run`], which records it).
-    async fn run_tree(&self, call: TreeCall) -> Result<AskReply, ServiceError> {
+    /// Admits and evaluates one tree (see [`CoordinatorService::run`], which records it), in the
+    /// trace context of its span, `context`.
+    async fn run_tree(
+        &self,
+        call: TreeCall,
+        context: TraceContext,
+    ) -> Result<AskReply, ServiceError> {
         let TreeCall {
             client,
             key,
             query,
             client_timeout,
             events,
-            parent,
+            ..
         } = call;
         let (budget, call_deadline) = self.budget(&query, client_timeout);
         let _client_slot = self.per_client.slot(key)?;
@@ -450,17 +494,15 @@ impl CoordinatorService {
         self.trees_total.fetch_add(1, Ordering::Relaxed);
         let tree_id = fresh_tree_id()?;
         let (kind, want_trace) = (query.domain, query.want_trace);
-        // The client's trace continues here if it sent one; otherwise the tree starts a trace.
-        let trace_id = parent.map_or_else(telemetry::fresh_id, |(t, _)| t);
         let span = tracing::info_span!(
             "tree",
             tree = %tree_id,
             domain = %kind,
-            trace_id = %format_args!("{trace_id:032x}")
+            trace_id = %context.trace_hex()
         );
         let context = TreeTelemetry {
             tree_id: Arc::from(tree_id.as_str()),
-            trace_id,
+            context,
         };
         let (mut reply, trace) = CURRENT_TREE
             .scope(
@@ -525,6 +567,29 @@ impl CoordinatorService {
     }
 }
 
+/// What a finished tree's span says about it: what a person filters traces on.
+fn tree_attributes(reply: &AskReply) -> Vec<KeyValue> {
+    let stats = &reply.stats;
+    let mut a = vec![
+        KeyValue::new("hch.tree_id", reply.tree_id.clone()),
+        KeyValue::new("hch.instance_id", reply.instance_id.clone()),
+        KeyValue::new("hch.known", reply.known),
+        KeyValue::new("hch.nodes", stats.nodes as i64),
+        KeyValue::new("hch.memo_hits", stats.memo_hits as i64),
+        KeyValue::new("hch.subquestions_sent", stats.answerer_queries as i64),
+    ];
+    if let Some(e) = reply.exhausted {
+        a.push(KeyValue::new("hch.exhausted", e.name()));
+    }
+    if let Some(answerer) = &reply.answerer {
+        a.push(KeyValue::new("hch.answerer", answerer.clone()));
+    }
+    if let Some(g) = reply.generation {
+        a.push(KeyValue::new("hch.generation", g as i64));
+    }
+    a
+}
+
 /// A tree id: 128 bits from the operating system's random source, so that no client can find
 /// another's trees (and read their traces) from its own ids.
 fn fresh_tree_id() -> Result<String, ServiceError> {
@@ -559,6 +624,7 @@ impl pb::coordinator_server::Coordinator for Arc<CoordinatorService> {
                 client_timeout: timeout,
                 events: None,
                 parent,
+                method: "Ask",
             })
             .await?;
         Ok(Response::new(reply.encode()))
@@ -598,6 +664,7 @@ impl pb::coordinator_server::Coordinator for Arc<CoordinatorService> {
                     client_timeout: timeout,
                     events: Some(events.clone()),
                     parent,
+                    method: "AskStream",
                 }) => {
                     let sent = match result {
                         Ok(reply) => events.send(Ok(TreeEvent::Done(Box::new(reply)).encode())).await,

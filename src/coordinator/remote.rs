@@ -20,8 +20,10 @@ use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit};
 use super::pool::{Pool, WorkerHandle};
 use crate::answerer::{AnswerError, Answerer, AnswererId, Answers, Query};
 use crate::domain::{parse_reply, Domain};
+use crate::otel::{KeyValue, Kind, Parent, Tracer};
+use crate::rpc::telemetry::{self, TraceContext};
 use crate::rpc::worker::{AnswerCall, AnswerReply};
-use crate::rpc::{limits, telemetry, ServiceError};
+use crate::rpc::{limits, ServiceError};
 
 /// Settings of the remote answerer.
 #[derive(Clone, Copy, Debug)]
@@ -53,7 +55,8 @@ impl Default for RemoteConfig {
 #[derive(Clone, Debug)]
 pub struct TreeTelemetry {
     pub tree_id: Arc<str>,
-    pub trace_id: u128,
+    /// The tree's span: its worker calls are its children.
+    pub context: TraceContext,
 }
 
 tokio::task_local! {
@@ -75,11 +78,19 @@ pub struct RemoteAnswerer<D: Domain> {
 }
 
 impl<D: Domain + Copy> RemoteAnswerer<D> {
-    /// Starts the coalescing task on the current tokio runtime; it ends with the answerer.
-    pub fn new(domain: D, pool: Arc<Pool>, config: RemoteConfig) -> Self {
+    /// Starts the coalescing task on the current tokio runtime; it ends with the answerer. Each
+    /// call attempt is a span of `tracer`.
+    pub fn new(domain: D, pool: Arc<Pool>, config: RemoteConfig, tracer: Tracer) -> Self {
         let (queue, rx) = mpsc::unbounded_channel();
         let max_batch = config.max_batch.clamp(1, limits::MAX_BATCH_ITEMS);
-        tokio::spawn(coalesce(domain, pool.clone(), rx, config, max_batch));
+        tokio::spawn(coalesce(
+            domain,
+            pool.clone(),
+            rx,
+            config,
+            max_batch,
+            tracer,
+        ));
         Self {
             pool,
             queue,
@@ -130,6 +141,7 @@ async fn coalesce<D: Domain + Copy>(
     mut rx: mpsc::UnboundedReceiver<Pending<D>>,
     config: RemoteConfig,
     max_batch: usize,
+    tracer: Tracer,
 ) {
     // A group that did not fit in the previous call opens the next one.
     let mut carried: Option<Pending<D>> = None;
@@ -172,7 +184,15 @@ async fn coalesce<D: Domain + Copy>(
         if batch.is_empty() {
             continue;
         }
-        tokio::spawn(send(domain, pool.clone(), worker, slot, batch, config));
+        tokio::spawn(send(
+            domain,
+            pool.clone(),
+            worker,
+            slot,
+            batch,
+            config,
+            tracer.clone(),
+        ));
     }
 }
 
@@ -195,7 +215,9 @@ async fn send<D: Domain + Copy>(
     mut slot: OwnedSemaphorePermit,
     mut batch: Vec<Pending<D>>,
     config: RemoteConfig,
+    tracer: Tracer,
 ) {
+    let (parent, links) = parents(&batch);
     let mut tried: Vec<String> = Vec::new();
     let mut last_error = AnswerError::Unavailable("no attempt made".to_string());
     let mut attempt = 0;
@@ -206,7 +228,19 @@ async fn send<D: Domain + Copy>(
         let message = AnswerCall::of_queries(&domain, queries, |id| worker.knows(id)).encode();
         let mut call = tonic::Request::new(message);
         call.set_timeout(config.call_timeout);
-        attach_telemetry(&mut call, &batch);
+        let mut span = tracer.start("hch.Worker/Answer", Kind::Client, parent, &links, || {
+            vec![
+                KeyValue::new("rpc.system", "grpc"),
+                KeyValue::new("rpc.service", "hch.Worker"),
+                KeyValue::new("rpc.method", "Answer"),
+                KeyValue::new("server.address", worker.address.clone()),
+                KeyValue::new("hch.domain", D::KIND.name()),
+                KeyValue::new("hch.items", asked as i64),
+                KeyValue::new("hch.trees", batch.len() as i64),
+                KeyValue::new("hch.attempt", attempt as i64),
+            ]
+        });
+        attach_telemetry(&mut call, &batch, &span.context());
         let mut client = worker.client();
         let started = std::time::Instant::now();
         let outcome = tokio::select! {
@@ -218,6 +252,7 @@ async fn send<D: Domain + Copy>(
             }
             _ = abandoned(&mut batch) => {
                 tracing::debug!(worker = %worker.address, "batch abandoned by its trees: call cancelled");
+                span.fail(tonic::Code::Cancelled, "every tree waiting on the call went away");
                 return;
             }
         };
@@ -241,6 +276,14 @@ async fn send<D: Domain + Copy>(
             Ok(AnswerReply::Answered { .. }) => "ok",
             Err(e) => crate::metrics::code_label(e.code()),
         };
+        match &reply {
+            Ok(_) => {
+                span.set(|| vec![KeyValue::new("hch.outcome", status)]);
+                span.ok();
+            }
+            Err(e) => span.fail(e.code(), &e.to_string()),
+        }
+        drop(span);
         pool.metrics()
             .observe(&worker.address, status, started.elapsed().as_secs_f64());
         match reply {
@@ -287,23 +330,40 @@ async fn send<D: Domain + Copy>(
     fail(batch, last_error);
 }
 
-/// Carries the telemetry context of the batch's trees to the worker (see `rpc::telemetry`).
-fn attach_telemetry<D: Domain, T>(call: &mut tonic::Request<T>, batch: &[Pending<D>]) {
+/// Where a call of `batch` hangs in the traces: under its first sampled tree (or its first
+/// tree), linked to the other trees it serves (a call is a fan-in of trees).
+fn parents<D: Domain>(batch: &[Pending<D>]) -> (Parent, Vec<TraceContext>) {
+    let mut trees = batch
+        .iter()
+        .filter_map(|p| p.tree.as_ref().map(|t| t.context));
+    let Some(first) = trees.clone().find(|c| c.sampled).or_else(|| trees.next()) else {
+        return (Parent::Root, Vec::new());
+    };
+    let mut links: Vec<TraceContext> = batch
+        .iter()
+        .filter_map(|p| p.tree.as_ref().map(|t| t.context))
+        .filter(|c| c.sampled && *c != first)
+        .take(crate::otel::MAX_LINKS)
+        .collect();
+    links.dedup();
+    (Parent::Local(first), links)
+}
+
+/// Carries the call's trace context and the ids of the trees it serves to the worker (see
+/// `rpc::telemetry`).
+fn attach_telemetry<D: Domain, T>(
+    call: &mut tonic::Request<T>,
+    batch: &[Pending<D>],
+    context: &TraceContext,
+) {
     let mut trees: Vec<&str> = batch
         .iter()
         .filter_map(|p| p.tree.as_ref().map(|t| &*t.tree_id))
         .collect();
     trees.sort_unstable();
     trees.dedup();
-    let trace_id = batch
-        .iter()
-        .find_map(|p| p.tree.as_ref().map(|t| t.trace_id))
-        .unwrap_or_else(telemetry::fresh_id);
-    let span_id = (telemetry::fresh_id() as u64).max(1);
+    telemetry::attach(call, context);
     let md = call.metadata_mut();
-    if let Ok(v) = telemetry::format(trace_id, span_id).parse() {
-        md.insert(telemetry::TRACEPARENT, v);
-    }
     // At most 32 tree ids: enough to find a tree's calls, bounded in size.
     let listed = trees.iter().take(32).copied().collect::<Vec<_>>().join(",");
     if let Ok(v) = listed.parse() {

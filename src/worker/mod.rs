@@ -26,8 +26,10 @@ use tonic::{Request, Response, Status};
 use crate::answerer::batched::{BatchConfig, BatchStats, Batcher, SharedAnswerer};
 use crate::answerer::{Answerer, AnswererId, Oracle};
 use crate::domain::{Domain, DomainKind};
+use crate::otel::{KeyValue, Kind, Parent, Tracer};
+use crate::rpc::telemetry::{self, TraceContext};
 use crate::rpc::worker::{AnswerCall, AnswerReply, Resolved, WorkerInfo};
-use crate::rpc::{pb, telemetry, ServiceError};
+use crate::rpc::{pb, ServiceError};
 use crate::with_domain;
 use facts::FactsCache;
 
@@ -64,6 +66,8 @@ pub struct WorkerConfig {
     /// Where the batchers record their distributions (shared, and labelled per worker, by the
     /// workers of one process).
     pub histograms: metrics::WorkerHistograms,
+    /// Where the spans of calls and batches go (see [`crate::otel`]); off by default.
+    pub tracer: Tracer,
 }
 
 impl Default for WorkerConfig {
@@ -76,13 +80,18 @@ impl Default for WorkerConfig {
             idle_close: Duration::from_secs(300),
             tls: None,
             histograms: metrics::WorkerHistograms::default(),
+            tracer: Tracer::off(),
         }
     }
 }
 
 /// One domain's serving state (type-erased so the service can hold all five).
 trait DomainWorker: Send + Sync {
-    fn answer(&self, call: AnswerCall) -> BoxFuture<'_, Result<AnswerReply, ServiceError>>;
+    fn answer(
+        &self,
+        call: AnswerCall,
+        trace: Option<TraceContext>,
+    ) -> BoxFuture<'_, Result<AnswerReply, ServiceError>>;
     fn stats(&self) -> &BatchStats;
     /// Calls waiting for a batch.
     fn queued(&self) -> usize;
@@ -97,7 +106,11 @@ struct Typed<D: Domain> {
 }
 
 impl<D: Domain + Copy> Typed<D> {
-    async fn answer_typed(&self, call: AnswerCall) -> Result<AnswerReply, ServiceError> {
+    async fn answer_typed(
+        &self,
+        call: AnswerCall,
+        trace: Option<TraceContext>,
+    ) -> Result<AnswerReply, ServiceError> {
         let queries = match call.resolve(&self.domain, |id| self.cache.get(id))? {
             Resolved::MissingFacts(ids) => return Ok(AnswerReply::MissingFacts(ids)),
             Resolved::Queries { queries, received } => {
@@ -107,7 +120,7 @@ impl<D: Domain + Copy> Typed<D> {
                 queries
             }
         };
-        let answered = self.batcher.submit(queries).await?;
+        let answered = self.batcher.submit_traced(queries, trace).await?;
         Ok(AnswerReply::of_answers(
             &self.domain,
             &answered.answers,
@@ -118,8 +131,12 @@ impl<D: Domain + Copy> Typed<D> {
 }
 
 impl<D: Domain + Copy> DomainWorker for Typed<D> {
-    fn answer(&self, call: AnswerCall) -> BoxFuture<'_, Result<AnswerReply, ServiceError>> {
-        Box::pin(self.answer_typed(call))
+    fn answer(
+        &self,
+        call: AnswerCall,
+        trace: Option<TraceContext>,
+    ) -> BoxFuture<'_, Result<AnswerReply, ServiceError>> {
+        Box::pin(self.answer_typed(call, trace))
     }
 
     fn stats(&self) -> &BatchStats {
@@ -140,6 +157,7 @@ pub struct WorkerService {
     domains: HashMap<DomainKind, Arc<dyn DomainWorker>>,
     info: Arc<RwLock<WorkerInfo>>,
     histograms: metrics::WorkerHistograms,
+    tracer: Tracer,
 }
 
 /// A started worker: its service plus what keeps it current.
@@ -209,6 +227,7 @@ impl Worker {
                 domains,
                 info,
                 histograms,
+                tracer: config.tracer.clone(),
             }),
             ready,
             idle_close: config.idle_close,
@@ -230,6 +249,7 @@ fn typed<D: Domain + Copy>(
             answerer,
             config.batch,
             Some(histograms.for_domain(D::KIND)),
+            config.tracer.clone(),
         ),
     }
 }
@@ -283,17 +303,49 @@ impl pb::worker_server::Worker for Arc<WorkerService> {
     ) -> Result<Response<pb::AnswerResponse>, Status> {
         use tracing::Instrument;
         let (parent, trees) = telemetry::of_request(&request);
-        let call = AnswerCall::decode(request.into_inner())?;
-        let span = tracing::info_span!(
-            "worker.answer",
-            domain = %call.domain,
-            items = call.items.len(),
-            trace_id = %parent.map(|(t, _)| format!("{t:032x}")).unwrap_or_default(),
-            parent_span = %parent.map(|(_, s)| format!("{s:016x}")).unwrap_or_default(),
-            trees = %trees,
+        let mut span = self.tracer.start(
+            "hch.Worker/Answer",
+            Kind::Server,
+            Parent::remote(parent),
+            &[],
+            || {
+                vec![
+                    KeyValue::new("rpc.system", "grpc"),
+                    KeyValue::new("rpc.service", "hch.Worker"),
+                    KeyValue::new("rpc.method", "Answer"),
+                    KeyValue::new("hch.tree_ids", trees.clone()),
+                ]
+            },
         );
-        let reply = self.answer_call(call).instrument(span).await?;
-        Ok(Response::new(reply.encode()))
+        let result = async {
+            let call = AnswerCall::decode(request.into_inner())?;
+            span.set(|| {
+                vec![
+                    KeyValue::new("hch.domain", call.domain.name()),
+                    KeyValue::new("hch.items", call.items.len() as i64),
+                ]
+            });
+            let log = tracing::info_span!(
+                "worker.answer",
+                domain = %call.domain,
+                items = call.items.len(),
+                trace_id = %span.context().trace_hex(),
+                parent_span = %parent.map(|p| format!("{:016x}", p.span_id)).unwrap_or_default(),
+                trees = %trees,
+            );
+            self.answer_traced(call, Some(span.context()))
+                .instrument(log)
+                .await
+        }
+        .await;
+        match &result {
+            Ok(reply) => {
+                span.set(|| self.reply_attributes(reply));
+                span.ok();
+            }
+            Err(e) => span.fail(e.code(), &e.to_string()),
+        }
+        Ok(Response::new(result?.encode()))
     }
 
     async fn model_info(
@@ -307,6 +359,34 @@ impl pb::worker_server::Worker for Arc<WorkerService> {
 impl WorkerService {
     /// Answers one decoded call.
     pub async fn answer_call(&self, call: AnswerCall) -> Result<AnswerReply, ServiceError> {
+        self.answer_traced(call, None).await
+    }
+
+    /// What a served call's span says of its reply.
+    fn reply_attributes(&self, reply: &AnswerReply) -> Vec<KeyValue> {
+        match reply {
+            AnswerReply::MissingFacts(ids) => {
+                vec![KeyValue::new("hch.missing_facts", ids.len() as i64)]
+            }
+            AnswerReply::Answered { queue, compute, .. } => {
+                let mut a = vec![
+                    KeyValue::new("hch.queue_seconds", queue.as_secs_f64()),
+                    KeyValue::new("hch.compute_seconds", compute.as_secs_f64()),
+                ];
+                if let Some(g) = self.info().answerer.generation() {
+                    a.push(KeyValue::new("hch.generation", g as i64));
+                }
+                a
+            }
+        }
+    }
+
+    /// [`WorkerService::answer_call`] within the span `trace`.
+    async fn answer_traced(
+        &self,
+        call: AnswerCall,
+        trace: Option<TraceContext>,
+    ) -> Result<AnswerReply, ServiceError> {
         let worker = self.domains.get(&call.domain).ok_or_else(|| {
             let serves: Vec<&str> = self.info().domains.iter().map(|d| d.name()).collect();
             ServiceError::FailedPrecondition(format!(
@@ -315,6 +395,6 @@ impl WorkerService {
                 call.domain
             ))
         })?;
-        worker.answer(call).await
+        worker.answer(call, trace).await
     }
 }

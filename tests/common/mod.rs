@@ -2,6 +2,8 @@
 #![allow(dead_code)]
 
 use std::collections::HashMap;
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
 
@@ -170,4 +172,81 @@ pub fn permutation_request(seed: u64) -> (hch::rpc::pb::AskRequest, String) {
         want_trace: false,
     };
     (request, d.print_answer(&d.truth(inst.facts(), &q)))
+}
+
+/// A server in its own process (the `hch` binary, as an operator runs it), killed when dropped.
+pub struct Process {
+    pub child: Child,
+    pub addr: String,
+}
+
+impl Process {
+    /// Starts `hch ARGS` and waits for its `... listening on ADDR` line.
+    pub fn start(args: &[&str]) -> Process {
+        Self::start_with_env(args, &[])
+    }
+
+    /// [`Process::start`] with these environment variables set.
+    pub fn start_with_env(args: &[&str], env: &[(&str, &str)]) -> Process {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_hch"))
+            .args(args)
+            .envs(env.iter().copied())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("hch starts");
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let addr = line
+            .trim()
+            .split_once(" listening on ")
+            .map(|(_, addr)| addr.to_string())
+            .unwrap_or_else(|| panic!("unexpected first line {line:?} from hch {args:?}"));
+        Process { child, addr }
+    }
+
+    pub fn worker(listen: &str) -> Process {
+        Process::start(&["worker", "--oracle", "--listen", listen])
+    }
+
+    pub fn signal(&self, signal: &str) {
+        let sent = Command::new("kill")
+            .args([signal, &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(sent.success(), "kill {signal} failed");
+    }
+
+    /// Waits until the kernel reports the process in the state that `signal` leads to ('T' for
+    /// stopped, anything else for running), so that the test's clock starts at the fault itself.
+    pub async fn wait_state(&self, stopped: bool) {
+        let stat = format!("/proc/{}/stat", self.child.id());
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            let state = std::fs::read_to_string(&stat).unwrap_or_default();
+            let after = state.rsplit_once(") ").map(|(_, rest)| rest).unwrap_or("");
+            if after.starts_with('T') == stopped {
+                return;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the process did not change state"
+            );
+            tokio::task::yield_now().await;
+        }
+    }
+
+    pub fn kill(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }
