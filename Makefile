@@ -26,12 +26,16 @@ test: test-rust test-python test-lean
 test-rust: $(SETUP) test-deps
 	cargo test
 
-# Debian packages the tests drive as real tools: prometheus and promtool (tests/metrics.rs).
+# Debian packages the tests drive as real tools: prometheus and promtool (tests/metrics.rs), and
+# chromium, the headless browser that loads the tree viewer (tests/viewer.rs).
+TEST_PACKAGES := prometheus chromium
+
 test-deps:
-	@command -v prometheus > /dev/null && command -v promtool > /dev/null || { \
-		echo "installing Debian's prometheus package for tests/metrics.rs"; \
+	@command -v prometheus > /dev/null && command -v promtool > /dev/null \
+		&& command -v chromium > /dev/null || { \
+		echo "installing Debian's $(TEST_PACKAGES) for tests/metrics.rs and tests/viewer.rs"; \
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
-		apt-get install -y -qq --no-install-recommends prometheus > /dev/null; }
+		apt-get install -y -qq --no-install-recommends $(TEST_PACKAGES) > /dev/null; }
 
 # A real client in another language: Python grpcio stubs generated from proto/ talk to `hch up`;
 # and pyarrow reads the Parquet training targets `hch train` writes.

@@ -3,8 +3,7 @@
 //! query API must return the counts this test caused; `promtool check metrics` must find nothing
 //! to complain about; and the admin port answers grpc.health.v1 like the gRPC port.
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::TcpStream;
+use std::io::{BufRead, BufReader, Write};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -21,48 +20,6 @@ impl Drop for Process {
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
-}
-
-/// `GET path` over HTTP/1.1; the body, if the status is 200.
-fn http_get(addr: &str, path: &str) -> Result<String, String> {
-    let mut stream = TcpStream::connect(addr).map_err(|e| e.to_string())?;
-    stream
-        .set_read_timeout(Some(Duration::from_secs(10)))
-        .map_err(|e| e.to_string())?;
-    write!(
-        stream,
-        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
-    )
-    .map_err(|e| e.to_string())?;
-    let mut response = Vec::new();
-    stream
-        .read_to_end(&mut response)
-        .map_err(|e| e.to_string())?;
-    let response = String::from_utf8_lossy(&response).into_owned();
-    let (head, body) = response
-        .split_once("\r\n\r\n")
-        .ok_or_else(|| format!("no HTTP response: {response:?}"))?;
-    if !head.starts_with("HTTP/1.1 200") {
-        return Err(format!("{path}: {head}"));
-    }
-    // Chunked transfer: join the chunks.
-    if head
-        .to_ascii_lowercase()
-        .contains("transfer-encoding: chunked")
-    {
-        let mut out = String::new();
-        let mut rest = body;
-        while let Some((size, after)) = rest.split_once("\r\n") {
-            let size = usize::from_str_radix(size.trim(), 16).map_err(|e| e.to_string())?;
-            if size == 0 {
-                break;
-            }
-            out.push_str(&after[..size]);
-            rest = &after[size + 2..];
-        }
-        return Ok(out);
-    }
-    Ok(body.to_string())
 }
 
 /// The value of the sample `name{labels}` (labels as written, sorted as the encoder writes them).
@@ -133,7 +90,7 @@ async fn run_trees(coordinator: &str, n: u64) {
 async fn the_admin_port_serves_metrics_and_health_that_count_what_happened() {
     let (_up, coordinator, admin) = start_up();
     run_trees(&coordinator, 12).await;
-    let metrics = http_get(&admin, "/metrics").unwrap();
+    let metrics = common::http_get(&admin, "/metrics").unwrap();
     let answered =
         r#"hch_coordinator_trees_total{domain="permutation",mode="hch:3",outcome="answered"}"#;
     assert_eq!(sample(&metrics, answered), Some(12.0), "{metrics}");
@@ -175,7 +132,7 @@ async fn the_admin_port_serves_metrics_and_health_that_count_what_happened() {
         "/hch.v1.Coordinator/GetTrace",
         "/hch.v1.Coordinator/Status",
     ] {
-        let refused = http_get(&admin, path).unwrap_err();
+        let refused = common::http_get(&admin, path).unwrap_err();
         assert!(refused.contains("404"), "{path}: {refused}");
     }
     let channel = hch::tls::connect(hch::tls::endpoint(&admin).unwrap(), None)
@@ -203,7 +160,7 @@ fn promtool_finds_nothing_to_complain_about() {
     let runtime = tokio::runtime::Runtime::new().unwrap();
     let (_up, coordinator, admin) = start_up();
     runtime.block_on(run_trees(&coordinator, 3));
-    let metrics = http_get(&admin, "/metrics").unwrap();
+    let metrics = common::http_get(&admin, "/metrics").unwrap();
     let mut promtool = Command::new(tool("promtool"))
         .args(["check", "metrics"])
         .stdin(Stdio::piped())
@@ -271,7 +228,7 @@ fn a_real_prometheus_scrapes_the_counts_this_test_caused() {
     let mut last = String::new();
     loop {
         let path = format!("/api/v1/query?query={}", url_encode(query));
-        if let Ok(body) = http_get(&web, &path) {
+        if let Ok(body) = common::http_get(&web, &path) {
             let json: serde_json::Value = serde_json::from_str(&body).unwrap();
             let value = json["data"]["result"][0]["value"][1]
                 .as_str()
@@ -288,7 +245,7 @@ fn a_real_prometheus_scrapes_the_counts_this_test_caused() {
         std::thread::sleep(Duration::from_millis(200));
     }
     // The target is up, as Prometheus sees it.
-    let up = http_get(&web, &format!("/api/v1/query?query={}", url_encode("up"))).unwrap();
+    let up = common::http_get(&web, &format!("/api/v1/query?query={}", url_encode("up"))).unwrap();
     assert!(
         up.contains(r#""value":["#) && up.contains(r#""1"]"#),
         "{up}"
@@ -338,7 +295,7 @@ async fn a_worker_without_a_model_is_not_serving_on_its_admin_port_either() {
         health(&admin, "hch.v1.Worker").await,
         ServingStatus::NotServing
     );
-    let metrics = http_get(&admin, "/metrics").unwrap();
+    let metrics = common::http_get(&admin, "/metrics").unwrap();
     assert_eq!(sample(&metrics, "hch_worker_ready"), Some(0.0), "{metrics}");
     assert_eq!(
         sample(&metrics, r#"hch_worker_calls_total{domain="wildcard"}"#),

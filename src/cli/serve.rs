@@ -13,6 +13,7 @@ use tokio::net::TcpListener;
 
 use crate::answerer::batched::BatchConfig;
 use crate::coordinator::pool::{PoolConfig, WorkerSource};
+use crate::coordinator::viewer::ViewerConfig;
 use crate::coordinator::CoordinatorConfig;
 use crate::domain::DomainKind;
 use crate::otel::Otel;
@@ -181,6 +182,17 @@ pub struct CoordinatorOptions {
     /// ... holding at most this many MiB together.
     #[arg(long, default_value_t = CoordinatorConfig::default().trace_bytes >> 20)]
     trace_memory_mib: usize,
+    /// Serve the tree viewer on the admin listener (GET /trees): the recent trees and their
+    /// nodes, live. Off by default: the admin port has no authentication, and trees are the
+    /// clients' data.
+    #[arg(long, requires = "admin_listen")]
+    admin_viewer: bool,
+    /// Trees the viewer lists (running ones always are) ...
+    #[arg(long, default_value_t = ViewerConfig::default().trees, requires = "admin_viewer")]
+    viewer_trees: usize,
+    /// ... and node events it keeps per tree (two per node).
+    #[arg(long, default_value_t = ViewerConfig::default().events_per_tree, requires = "admin_viewer")]
+    viewer_events_per_tree: usize,
     #[command(flatten)]
     tls: ServerTlsArgs,
 }
@@ -280,6 +292,10 @@ fn coordinator_config(o: &CoordinatorOptions) -> Result<CoordinatorConfig> {
         traces_kept: o.traces_kept,
         trace_bytes: o.trace_memory_mib << 20,
         tls: o.tls.load(false)?,
+        viewer: o.admin_viewer.then_some(ViewerConfig {
+            trees: o.viewer_trees.max(1),
+            events_per_tree: o.viewer_events_per_tree,
+        }),
         ..CoordinatorConfig::default()
     })
 }

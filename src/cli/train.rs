@@ -463,6 +463,7 @@ async fn serve_trainer_admin(
             listener,
             std::sync::Arc::new(registry),
             health,
+            None,
             std::future::pending(),
         )
         .await;

@@ -15,6 +15,7 @@ pub mod metrics;
 pub mod pool;
 pub mod remote;
 mod traces;
+pub mod viewer;
 
 use std::collections::HashMap;
 use std::pin::Pin;
@@ -81,6 +82,8 @@ pub struct CoordinatorConfig {
     pub tls: Option<Arc<crate::tls::ServerTls>>,
     /// Where the spans of trees and worker calls go (see [`crate::otel`]); off by default.
     pub tracer: crate::otel::Tracer,
+    /// The tree viewer's records (see [`viewer`]), served on the admin port; `None`: off.
+    pub viewer: Option<viewer::ViewerConfig>,
 }
 
 impl Default for CoordinatorConfig {
@@ -106,6 +109,7 @@ impl Default for CoordinatorConfig {
             idle_close: Duration::from_secs(660),
             tls: None,
             tracer: crate::otel::Tracer::off(),
+            viewer: None,
         }
     }
 }
@@ -151,11 +155,14 @@ trait DomainCoordinator: Send + Sync {
         budget: Budget,
         tree_id: String,
         events: Option<EventSender>,
+        live: Option<Arc<viewer::Record>>,
     ) -> BoxFuture<'_, Result<(AskReply, Option<StoredTrace>), ServiceError>>;
 }
 
 struct Typed<D: Domain> {
     domain: D,
+    /// Node events the viewer keeps per tree.
+    viewer_events: usize,
     /// Keeps a memo table per instance while trees on it run, so concurrent trees about the same
     /// facts share one memo.
     evaluator: Evaluator<D>,
@@ -168,50 +175,35 @@ impl<D: Domain + Copy> Typed<D> {
         budget: Budget,
         tree_id: String,
         events: Option<EventSender>,
+        live: Option<Arc<viewer::Record>>,
     ) -> Result<(AskReply, Option<StoredTrace>), ServiceError> {
         let d = &self.domain;
         let instance = query.instance(d)?;
         let question = query.question(d, instance.facts())?;
 
-        let (node_tx, forward) = match events {
-            Some(events) => {
-                let (tx, mut rx) = mpsc::unbounded_channel::<NodeEvent<D>>();
-                let domain = *d;
-                let forward = async move {
-                    while let Some(e) = rx.recv().await {
-                        let event = match e {
-                            NodeEvent::Opened {
-                                id,
-                                parent,
-                                depth,
-                                question,
-                            } => TreeEvent::Opened {
-                                node: id,
-                                parent,
-                                depth,
-                                question: domain.print_question(&question),
-                            },
-                            NodeEvent::Answered {
-                                id,
-                                answer,
-                                by,
-                                exhausted,
-                                elapsed,
-                            } => TreeEvent::Answered {
-                                node: id,
-                                answer: print_reply(&domain, &answer),
-                                by,
-                                exhausted,
-                                elapsed,
-                            },
-                        };
-                        events.send(Ok(event.encode())).await?;
+        // The viewer records the node events typed; a stream sends them as text.
+        let log = live.map(|record| {
+            let log = Arc::new(viewer::TypedLog::new(*d, self.viewer_events));
+            record.attach(instance.id().to_string(), log.clone());
+            log
+        });
+        let (node_tx, forward) = if events.is_some() || log.is_some() {
+            let (tx, mut rx) = mpsc::unbounded_channel::<NodeEvent<D>>();
+            let domain = *d;
+            let forward = async move {
+                while let Some(e) = rx.recv().await {
+                    if let Some(log) = &log {
+                        log.push(&e);
                     }
-                    Ok::<(), ServiceError>(())
-                };
-                (Some(tx), Some(forward))
-            }
-            None => (None, None),
+                    if let Some(events) = &events {
+                        events.send(Ok(tree_event(&domain, e).encode())).await?;
+                    }
+                }
+                Ok::<(), ServiceError>(())
+            };
+            (Some(tx), Some(forward))
+        } else {
+            (None, None)
         };
         let evaluation = self
             .evaluator
@@ -262,8 +254,9 @@ impl<D: Domain + Copy> DomainCoordinator for Typed<D> {
         budget: Budget,
         tree_id: String,
         events: Option<EventSender>,
+        live: Option<Arc<viewer::Record>>,
     ) -> BoxFuture<'_, Result<(AskReply, Option<StoredTrace>), ServiceError>> {
-        Box::pin(self.ask_typed(query, budget, tree_id, events))
+        Box::pin(self.ask_typed(query, budget, tree_id, events, live))
     }
 }
 
@@ -278,6 +271,7 @@ pub struct CoordinatorService {
     per_client: limit::PerClient,
     config: CoordinatorConfig,
     metrics: metrics::TreeMetrics,
+    viewer: Option<Arc<viewer::Viewer>>,
 }
 
 /// A tree to run, as a call asked for it.
@@ -310,6 +304,7 @@ impl CoordinatorService {
                 ));
                 Arc::new(Typed {
                     domain: d,
+                    viewer_events: config.viewer.unwrap_or_default().events_per_tree,
                     evaluator: Evaluator::new(d, Some(answerer), EvalOptions::default()),
                 })
             });
@@ -329,6 +324,7 @@ impl CoordinatorService {
                     .map(|r| limit::RateLimiter::new(r, config.tree_burst_per_client)),
             ),
             metrics: metrics::TreeMetrics::default(),
+            viewer: config.viewer.map(|c| Arc::new(viewer::Viewer::new(c))),
             config,
         })
     }
@@ -351,6 +347,11 @@ impl CoordinatorService {
             (busy, max)
         });
         metrics::register(registry, &self.metrics, &self.pool, in_flight);
+    }
+
+    /// The tree viewer's records, if the viewer is on.
+    pub fn viewer(&self) -> Option<Arc<viewer::Viewer>> {
+        self.viewer.clone()
     }
 
     /// The listener's TLS configuration, if any.
@@ -494,6 +495,17 @@ impl CoordinatorService {
         self.trees_total.fetch_add(1, Ordering::Relaxed);
         let tree_id = fresh_tree_id()?;
         let (kind, want_trace) = (query.domain, query.want_trace);
+        let live = self.viewer.as_ref().map(|v| {
+            v.open(viewer::TreeStart {
+                tree_id: tree_id.clone(),
+                domain: kind,
+                mode: query.mode.to_string(),
+                question: query.question.clone(),
+                client: client.as_deref().map(str::to_string),
+                trace_id: context.trace_hex(),
+                answerer: self.pool.answerer_id(kind).label().to_string(),
+            })
+        });
         let span = tracing::info_span!(
             "tree",
             tree = %tree_id,
@@ -504,14 +516,18 @@ impl CoordinatorService {
             tree_id: Arc::from(tree_id.as_str()),
             context,
         };
-        let (mut reply, trace) = CURRENT_TREE
+        let result = CURRENT_TREE
             .scope(
                 context,
                 self.domains[&kind]
-                    .ask(query, budget, tree_id, events)
+                    .ask(query, budget, tree_id, events, live.clone())
                     .instrument(span),
             )
-            .await?;
+            .await;
+        if let Some(record) = &live {
+            record.finish(result.as_ref().map(|(reply, _)| reply));
+        }
+        let (mut reply, trace) = result?;
         // The tree's own deadline degrades its answer (an unknown, reported as such); the call's
         // deadline means the client has stopped waiting: that is the call's status.
         if call_deadline && reply.exhausted == Some(Exhausted::Deadline) {
@@ -564,6 +580,36 @@ impl CoordinatorService {
                     self.config.trace_bytes >> 20
                 ))
             })
+    }
+}
+
+/// A node event as an AskStream client receives it.
+fn tree_event<D: Domain>(domain: &D, event: NodeEvent<D>) -> TreeEvent {
+    match event {
+        NodeEvent::Opened {
+            id,
+            parent,
+            depth,
+            question,
+        } => TreeEvent::Opened {
+            node: id,
+            parent,
+            depth,
+            question: domain.print_question(&question),
+        },
+        NodeEvent::Answered {
+            id,
+            answer,
+            by,
+            exhausted,
+            elapsed,
+        } => TreeEvent::Answered {
+            node: id,
+            answer: print_reply(domain, &answer),
+            by,
+            exhausted,
+            elapsed,
+        },
     }
 }
 

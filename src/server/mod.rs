@@ -104,7 +104,7 @@ pub async fn serve_worker(
     let _admin = admin.map(|listener| {
         let mut registry = prometheus_client::registry::Registry::default();
         worker.service.register_metrics(&mut registry);
-        spawn_admin(listener, registry, health.clone(), shutdown.clone())
+        spawn_admin(listener, registry, health.clone(), None, shutdown.clone())
     });
     let service = pb::worker_server::WorkerServer::new(worker.service.clone())
         .max_decoding_message_size(limits::MAX_MESSAGE_BYTES)
@@ -140,7 +140,13 @@ pub async fn serve_coordinator(
     let _admin = admin.map(|listener| {
         let mut registry = prometheus_client::registry::Registry::default();
         service.register_metrics(&mut registry);
-        spawn_admin(listener, registry, health.clone(), shutdown.clone())
+        spawn_admin(
+            listener,
+            registry,
+            health.clone(),
+            service.viewer(),
+            shutdown.clone(),
+        )
     });
     // A unary tree is silent on its connection until it ends: a connection is idle only after
     // longer than the longest deadline a client may ask for.
@@ -175,11 +181,12 @@ fn spawn_admin<H: tonic_health::pb::health_server::Health>(
     listener: TcpListener,
     registry: prometheus_client::registry::Registry,
     health: tonic_health::pb::health_server::HealthServer<H>,
+    viewer: Option<Arc<crate::coordinator::viewer::Viewer>>,
     shutdown: SharedSignal,
 ) -> AbortOnDrop {
     AbortOnDrop(tokio::spawn(async move {
-        if let Err(error) = admin::serve_admin(listener, Arc::new(registry), health, shutdown).await
-        {
+        let registry = Arc::new(registry);
+        if let Err(error) = admin::serve_admin(listener, registry, health, viewer, shutdown).await {
             tracing::error!(%error, "the admin listener failed");
         }
     }))
@@ -380,7 +387,13 @@ impl Cluster {
                 reporter
                     .set_service_status("hch.v1.Coordinator", ServingStatus::Serving)
                     .await;
-                let admin = spawn_admin(listener, registry, health, shared(std::future::pending()));
+                let admin = spawn_admin(
+                    listener,
+                    registry,
+                    health,
+                    coordinator_service.viewer(),
+                    shared(std::future::pending()),
+                );
                 (Some(addr), Some(admin))
             }
         };
