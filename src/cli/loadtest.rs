@@ -76,6 +76,9 @@ pub struct LoadtestArgs {
     /// Most questions in one coordinator-to-worker call (default: the coordinator's).
     #[arg(long)]
     max_batch: Option<usize>,
+    /// Record every tree for the tree viewer, as `--admin-viewer` does (to measure its cost).
+    #[arg(long, conflicts_with = "coordinator")]
+    viewer: bool,
     /// Load this running coordinator (`host:port` or a URL) instead of starting one here with
     /// oracle workers; its workers must serve the domain.
     #[arg(long)]
@@ -325,6 +328,9 @@ pub async fn run(args: LoadtestArgs) -> Result<()> {
     };
     if let Some(n) = args.max_batch {
         coordinator_config.remote.max_batch = n.max(1);
+    }
+    if args.viewer {
+        coordinator_config.viewer = Some(Default::default());
     }
     println!(
         "loadtest: {} oracle workers, {} clients, {:.1} s per phase, {} {} at size {}, question {}, {}",
