@@ -1,7 +1,10 @@
 //! A worker serving a model registry: NOT_SERVING until a generation is promoted, then serving
-//! it, then loading a newer generation while it runs.
+//! it, then loading a newer generation while it runs. Once with the registry on the worker's own
+//! disk, once served over the network by the registry service (no shared filesystem: the worker
+//! copies each promoted generation into its own cache, verified).
 
 use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use hch::domain::wildcard::Wildcard;
@@ -16,18 +19,73 @@ use tch::Device;
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::{health_client::HealthClient, HealthCheckRequest};
 
+fn temp_dir(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("hch-test-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    dir
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_registry_worker_serves_the_current_generation_and_hot_loads_the_next() {
-    let dir = std::env::temp_dir().join(format!("hch-test-{}-worker-registry", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    let registry = Registry::open(&dir).unwrap();
-    let config = WorkerConfig {
-        reload_every: Duration::from_millis(20),
-        ..WorkerConfig::default()
-    };
+    let dir = temp_dir("worker-registry");
     let serving = Serving::Registry {
         registry: dir.clone(),
         domain: hch::domain::DomainKind::Wildcard,
+    };
+    serves_and_hot_loads(&dir, serving).await;
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_gets_each_generation_over_the_network() {
+    let source = temp_dir("worker-registry-source");
+    let cache = temp_dir("worker-registry-cache");
+    Registry::open(&source).unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(hch::server::serve_registry(
+        listener,
+        None,
+        source.clone(),
+        None,
+        std::future::pending(),
+    ));
+    let serving = Serving::Mirror {
+        url: url.clone(),
+        channel: tonic::transport::Endpoint::from_shared(url)
+            .unwrap()
+            .connect_lazy(),
+        cache: cache.clone(),
+        domain: hch::domain::DomainKind::Wildcard,
+    };
+    serves_and_hot_loads(&source, serving).await;
+    // What the worker loaded came from its own verified copy.
+    let copy = Registry::open(&cache).unwrap();
+    assert_eq!(copy.current().unwrap(), Some(1));
+    for g in [0, 1] {
+        assert_eq!(
+            std::fs::read(copy.load(g).unwrap().weights_path).unwrap(),
+            std::fs::read(
+                Registry::open(&source)
+                    .unwrap()
+                    .load(g)
+                    .unwrap()
+                    .weights_path
+            )
+            .unwrap()
+        );
+    }
+    std::fs::remove_dir_all(source).unwrap();
+    std::fs::remove_dir_all(cache).unwrap();
+}
+
+/// Starts a worker serving `serving`, whose generations are published into the registry at
+/// `dir`, and checks it through health, ModelInfo and Answer as generations 0 and 1 appear.
+async fn serves_and_hot_loads(dir: &Path, serving: Serving) {
+    let registry = Registry::open(dir).unwrap();
+    let config = WorkerConfig {
+        reload_every: Duration::from_millis(20),
+        ..WorkerConfig::default()
     };
     let (running, service) = start_worker(SocketAddr::from(([127, 0, 0, 1], 0)), serving, config)
         .await
@@ -119,5 +177,4 @@ async fn a_registry_worker_serves_the_current_generation_and_hot_loads_the_next(
     assert!(worker.answer(request).await.is_ok());
     assert!(service.questions_answered() >= 2);
     running.stop().await.unwrap();
-    std::fs::remove_dir_all(dir).unwrap();
 }

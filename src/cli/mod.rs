@@ -80,6 +80,9 @@ enum Command {
     Coordinator(serve::CoordinatorArgs),
     /// A coordinator and N workers in one process, for local use.
     Up(serve::UpArgs),
+    /// Serve a model registry's generations to workers on other nodes (`hch worker
+    /// --registry-url`), so that they need no shared filesystem.
+    Registry(serve::RegistryArgs),
     /// Receive OTLP/gRPC traces and print them: checks that servers export spans (point their
     /// OTEL_EXPORTER_OTLP_ENDPOINT here) without running a collector.
     OtlpSink(serve::OtlpSinkArgs),
@@ -284,6 +287,7 @@ pub fn main() -> Result<()> {
             Command::Coordinator(args) => serve::coordinator(args).await,
             Command::Up(args) => serve::up(args).await,
             Command::OtlpSink(args) => serve::otlp_sink(args).await,
+            Command::Registry(args) => serve::registry(args).await,
             Command::Loadtest(args) => loadtest::run(args).await,
             #[cfg(feature = "model")]
             Command::Train(args) => train::train(args).await,

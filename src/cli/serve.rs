@@ -32,8 +32,28 @@ pub struct ServingArgs {
     #[arg(long, default_value_t = 0, requires = "oracle")]
     oracle_delay_ms: u64,
     /// Serve the current generation of this registry (hot-loading newer ones).
-    #[arg(long, requires = "domain")]
+    #[arg(long, requires = "domain", conflicts_with = "registry_url")]
     registry: Option<PathBuf>,
+    /// Serve the current generation of the registry service at this address
+    /// (`hch registry serve`, `hch train --serve-registry`): each promoted generation is copied
+    /// into --registry-cache, verified, and hot-loaded; no shared filesystem is needed.
+    #[arg(long, requires_all = ["domain", "registry_cache"], conflicts_with = "oracle")]
+    registry_url: Option<String>,
+    /// Where a --registry-url worker keeps its verified copies (a registry directory of its own).
+    #[arg(long, requires = "registry_url")]
+    registry_cache: Option<PathBuf>,
+    /// Mutual TLS to the registry service: the CA its certificate chains to (PEM) ...
+    #[arg(long, requires = "registry_url")]
+    registry_tls_ca: Option<PathBuf>,
+    /// ... this worker's client certificate chain (PEM) ...
+    #[arg(long, requires_all = ["registry_tls_ca", "registry_tls_key"])]
+    registry_tls_cert: Option<PathBuf>,
+    /// ... its private key (PEM) ...
+    #[arg(long, requires = "registry_tls_cert")]
+    registry_tls_key: Option<PathBuf>,
+    /// ... and the name to verify the registry's certificate as.
+    #[arg(long, requires = "registry_tls_ca")]
+    registry_tls_name: Option<String>,
     /// The registry's domain.
     #[arg(long)]
     domain: Option<DomainKind>,
@@ -56,6 +76,33 @@ pub struct ServingArgs {
 
 impl ServingArgs {
     fn serving(&self) -> Result<Serving> {
+        #[cfg(feature = "model")]
+        if let (Some(url), Some(cache), Some(domain)) =
+            (&self.registry_url, &self.registry_cache, self.domain)
+        {
+            let tls = match &self.registry_tls_ca {
+                Some(ca) => Some(ClientTls::load(ClientTlsFiles {
+                    ca: ca.clone(),
+                    identity: self
+                        .registry_tls_cert
+                        .clone()
+                        .zip(self.registry_tls_key.clone()),
+                    server_name: self.registry_tls_name.clone(),
+                })?),
+                None => None,
+            };
+            let endpoint = crate::tls::endpoint(url).map_err(anyhow::Error::msg)?;
+            return Ok(Serving::Mirror {
+                url: url.clone(),
+                channel: crate::tls::lazy_channel(endpoint, tls),
+                cache: cache.clone(),
+                domain,
+            });
+        }
+        #[cfg(not(feature = "model"))]
+        if self.registry_url.is_some() {
+            return Err(super::needs_model("serving a model (--registry-url)"));
+        }
         match (&self.registry, self.domain, self.oracle) {
             #[cfg(feature = "model")]
             (Some(registry), Some(domain), false) => Ok(Serving::Registry {
@@ -67,7 +114,10 @@ impl ServingArgs {
             (None, _, true) => Ok(Serving::Oracle {
                 delay: Duration::from_millis(self.oracle_delay_ms),
             }),
-            _ => bail!("choose what to serve: --registry DIR --domain D, or --oracle (tests only)"),
+            _ => bail!(
+                "choose what to serve: --registry DIR --domain D, --registry-url URL \
+                 --registry-cache DIR --domain D, or --oracle (tests only)"
+            ),
         }
     }
 
@@ -109,8 +159,8 @@ impl ServerTlsArgs {
         let client_auth = match (&self.tls_client_ca, client_cert_required) {
             (None, false) => ClientAuth::None,
             (None, true) => bail!(
-                "a worker over TLS needs --tls-client-ca: only callers with a certificate from \
-                 that CA (coordinators, the trainer) may call it"
+                "a worker or registry over TLS needs --tls-client-ca: only callers with a \
+                 certificate from that CA (coordinators, workers, the trainer) may call it"
             ),
             (Some(ca), false) => ClientAuth::Optional(ca.clone()),
             (Some(ca), true) => ClientAuth::Required(ca.clone()),
@@ -512,5 +562,48 @@ pub async fn otlp_sink(args: OtlpSinkArgs) -> Result<()> {
         .await
         .context("the receiver stopped")?
         .context("serving OTLP")?;
+    Ok(())
+}
+
+#[derive(Args, Debug)]
+pub struct RegistryArgs {
+    #[command(subcommand)]
+    command: RegistryCommand,
+}
+
+#[derive(clap::Subcommand, Debug)]
+enum RegistryCommand {
+    /// Serve the registry's current generation and its files over gRPC (the Registry service).
+    Serve(RegistryServeArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct RegistryServeArgs {
+    /// The registry directory (the trainer's `RUN/registry`, or any registry).
+    #[arg(long)]
+    registry: PathBuf,
+    /// Address to listen on. Loopback unless told otherwise.
+    #[arg(long, default_value = "127.0.0.1:50060")]
+    listen: SocketAddr,
+    /// Serve health (grpc.health.v1) on this address: plain HTTP, for probes.
+    #[arg(long)]
+    admin_listen: Option<SocketAddr>,
+    #[command(flatten)]
+    tls: ServerTlsArgs,
+}
+
+pub async fn registry(args: RegistryArgs) -> Result<()> {
+    let RegistryCommand::Serve(args) = args.command;
+    // Opening checks the directory is a registry (or makes an empty one) before serving it.
+    crate::registry::Registry::open(&args.registry)
+        .with_context(|| format!("opening the registry {}", args.registry.display()))?;
+    // Like a worker's, the registry's callers must show a certificate from the cluster CA.
+    let tls = args.tls.load(true)?;
+    let listener = TcpListener::bind(args.listen)
+        .await
+        .with_context(|| format!("binding {}", args.listen))?;
+    announce("registry", listener.local_addr()?);
+    let admin = bind_admin(args.admin_listen).await?;
+    server::serve_registry(listener, admin, args.registry, tls, shutdown_signal()).await?;
     Ok(())
 }

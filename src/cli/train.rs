@@ -198,6 +198,12 @@ pub struct TrainArgs {
     /// accuracy, promoted generation) and health on this address: plain HTTP, unauthenticated.
     #[arg(long)]
     pub admin_listen: Option<std::net::SocketAddr>,
+    /// Serve the run's registry to workers on other nodes (the Registry service, as
+    /// `hch registry serve` does) on this address, so that `hch worker --registry-url` gets each
+    /// promoted generation without a shared filesystem. Plain TCP: in a cluster, run
+    /// `hch registry serve` with TLS beside the trainer instead, or put this behind a mesh.
+    #[arg(long)]
+    pub serve_registry: Option<std::net::SocketAddr>,
     /// The run directory (created, or resumed if it holds a run).
     #[arg(long)]
     pub run: Option<PathBuf>,
@@ -473,6 +479,25 @@ async fn serve_trainer_admin(
     })))
 }
 
+/// Serves the run's registry in the background (until the returned guard is dropped).
+async fn serve_run_registry(
+    listen: std::net::SocketAddr,
+    root: &Path,
+) -> Result<crate::server::AbortOnDrop> {
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .with_context(|| format!("binding the registry listener {listen}"))?;
+    eprintln!("registry listening on {}", listener.local_addr()?);
+    let root = root.to_path_buf();
+    Ok(crate::server::AbortOnDrop(tokio::spawn(async move {
+        let served =
+            crate::server::serve_registry(listener, None, root, None, std::future::pending()).await;
+        if let Err(error) = served {
+            tracing::error!(%error, "the registry listener failed");
+        }
+    })))
+}
+
 pub async fn train(args: TrainArgs) -> Result<()> {
     let stop = args.stop.stop_at()?;
     let kind = args.settings.domain;
@@ -498,6 +523,10 @@ pub async fn train(args: TrainArgs) -> Result<()> {
                 view.metrics = Some(metrics.clone());
                 Some(serve_trainer_admin(listen, metrics).await?)
             }
+            None => None,
+        };
+        let _registry = match args.serve_registry {
+            Some(listen) => Some(serve_run_registry(listen, run.registry().root()).await?),
             None => None,
         };
         let (_, cluster) = train_run(domain, &mut run, &args.engine, stop, &mut view).await?;

@@ -41,6 +41,7 @@
 
 mod error;
 mod manifest;
+pub mod service;
 
 use std::fmt;
 use std::fs;
@@ -109,6 +110,17 @@ fn now_unix_ms() -> u64 {
 struct StagingGuard {
     path: PathBuf,
     armed: bool,
+}
+
+/// A staging directory for [`Registry::install_staged`]: write the weights file into
+/// [`Staging::path`] (as the manifest names it). Removed if dropped before it is installed, and
+/// by [`Registry::open`] after a crash.
+pub struct Staging(StagingGuard);
+
+impl Staging {
+    pub fn path(&self) -> &Path {
+        &self.0.path
+    }
 }
 
 impl Drop for StagingGuard {
@@ -301,6 +313,12 @@ impl Registry {
     /// an existing generation, and record that generation's manifest hash; anything else is a
     /// [`RegistryError::CurrentCorrupted`] naming the file. The weights are not hashed here.
     pub fn current(&self) -> Result<Option<u64>, RegistryError> {
+        Ok(self.current_pointer()?.map(|(generation, _)| generation))
+    }
+
+    /// `CURRENT` as recorded and verified (see [`Registry::current`]): the generation in use and
+    /// the SHA-256 of its manifest, which a copy elsewhere checks the manifest it receives by.
+    pub fn current_pointer(&self) -> Result<Option<(u64, String)>, RegistryError> {
         let path = self.current_path();
         let bytes = match fsutil::read_small(&path, MAX_SMALL_FILE_BYTES) {
             Ok(b) => b,
@@ -336,7 +354,131 @@ impl Registry {
                 manifest_path.display()
             )));
         }
-        Ok(Some(pointer.generation))
+        Ok(Some((pointer.generation, pointer.manifest_sha256)))
+    }
+
+    /// A generation's manifest, validated, and its bytes as stored (what `CURRENT`'s hash
+    /// covers, and what a copy must store to match).
+    pub fn manifest(&self, generation: u64) -> Result<(Manifest, Vec<u8>), RegistryError> {
+        self.read_manifest(generation)
+    }
+
+    /// Installs a generation copied from another registry, under its own number: its manifest
+    /// as the source stored it, and its weights, written by `write_weights` into a staging
+    /// directory. The weights must have the manifest's size and SHA-256, or nothing is installed
+    /// and the error names what differs; as with [`Registry::publish`], a crash leaves either no
+    /// generation or a complete one. A generation already here is verified and kept, and must
+    /// be the same (the same manifest bytes). Returns the manifest.
+    pub fn install<E, F>(
+        &self,
+        generation: u64,
+        manifest_bytes: &[u8],
+        write_weights: F,
+    ) -> Result<Manifest, RegistryError>
+    where
+        E: fmt::Display,
+        F: FnOnce(&Path) -> Result<(), E>,
+    {
+        let manifest = self.received_manifest(generation, manifest_bytes)?;
+        let staging = self.stage()?;
+        let weights_path = staging.path().join(&manifest.weights_file);
+        write_weights(&weights_path).map_err(|e| RegistryError::WeightsWriter {
+            path: weights_path.clone(),
+            reason: e.to_string(),
+        })?;
+        self.install_staged(staging, generation, manifest_bytes)
+    }
+
+    /// Validates the manifest of a generation received from another registry.
+    pub fn received_manifest(
+        &self,
+        generation: u64,
+        manifest_bytes: &[u8],
+    ) -> Result<Manifest, RegistryError> {
+        let received = self.generation_dir(generation).join(MANIFEST_FILE);
+        parse_manifest(&received, manifest_bytes, generation)
+    }
+
+    /// A fresh staging directory, to receive a generation's weights before
+    /// [`Registry::install_staged`].
+    pub fn stage(&self) -> Result<Staging, RegistryError> {
+        let path = self.create_staging_dir()?;
+        Ok(Staging(StagingGuard { path, armed: true }))
+    }
+
+    /// [`Registry::install`] of weights already written into `staging`.
+    pub fn install_staged(
+        &self,
+        staging: Staging,
+        generation: u64,
+        manifest_bytes: &[u8],
+    ) -> Result<Manifest, RegistryError> {
+        let manifest = self.received_manifest(generation, manifest_bytes)?;
+        let target = self.generation_dir(generation);
+        if target.is_dir() {
+            let (_, stored) = self.load_verified(generation)?;
+            if stored != manifest_bytes {
+                return Err(RegistryError::InvalidNewGeneration {
+                    root: self.root.clone(),
+                    reason: format!(
+                        "generation {generation} is already here with a different manifest \
+                         than the one received: the two registries disagree about it"
+                    ),
+                });
+            }
+            return Ok(manifest);
+        }
+        let Staging(mut guard) = staging;
+        let staging = guard.path.clone();
+        let weights_path = staging.join(&manifest.weights_file);
+        fsutil::sync_file(&weights_path).map_err(io_err(&weights_path))?;
+        let (sha, bytes) = fsutil::sha256_file(&weights_path).map_err(io_err(&weights_path))?;
+        if bytes != manifest.weights_bytes {
+            return Err(RegistryError::WeightsSize {
+                path: weights_path,
+                actual: bytes,
+                recorded: manifest.weights_bytes,
+            });
+        }
+        if sha != manifest.weights_sha256 {
+            return Err(RegistryError::WeightsCorrupted {
+                path: weights_path,
+                actual: sha,
+                recorded: manifest.weights_sha256,
+            });
+        }
+        let manifest_path = staging.join(MANIFEST_FILE);
+        fsutil::write_atomic(&manifest_path, manifest_bytes).map_err(io_err(&manifest_path))?;
+        match fs::rename(&staging, &target) {
+            Ok(()) => {
+                guard.armed = false;
+                let gens = self.generations_dir();
+                fsutil::sync_dir(&gens).map_err(io_err(&gens))?;
+                tracing::info!(
+                    generation,
+                    registry = %self.root.display(),
+                    bytes = manifest.weights_bytes,
+                    "installed generation"
+                );
+                Ok(manifest)
+            }
+            // Another installer got there first: theirs must be the same.
+            Err(_) if target.is_dir() => {
+                drop(guard);
+                let (_, stored) = self.load_verified(generation)?;
+                if stored != manifest_bytes {
+                    return Err(RegistryError::InvalidNewGeneration {
+                        root: self.root.clone(),
+                        reason: format!(
+                            "generation {generation} was installed meanwhile with a different \
+                             manifest than the one received"
+                        ),
+                    });
+                }
+                Ok(manifest)
+            }
+            Err(e) => Err(io_err(&target)(e)),
+        }
     }
 
     /// Makes `generation` the one in use: verifies it fully (as [`Registry::load`]), then

@@ -167,6 +167,43 @@ pub async fn serve_coordinator(
     .await
 }
 
+/// How long a registry connection may stay silent (a worker asks every few seconds; a fetch
+/// streams without pause).
+pub const REGISTRY_IDLE: std::time::Duration = std::time::Duration::from_secs(300);
+
+/// Serves the registry at `root` to workers on other nodes (see
+/// [`crate::registry::service`]) on `listener`, with health on `admin` if given, until `shutdown`
+/// resolves. With `tls`, callers must present a certificate from its client CA.
+pub async fn serve_registry(
+    listener: TcpListener,
+    admin: Option<TcpListener>,
+    root: std::path::PathBuf,
+    tls: Option<Arc<crate::tls::ServerTls>>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> ServeResult {
+    let (reporter, health) = tonic_health::server::health_reporter();
+    for name in ["", "hch.v1.Registry"] {
+        reporter
+            .set_service_status(name, ServingStatus::Serving)
+            .await;
+    }
+    let shutdown = shared(shutdown);
+    let _admin = admin.map(|listener| {
+        let registry = prometheus_client::registry::Registry::default();
+        spawn_admin(listener, registry, health.clone(), None, shutdown.clone())
+    });
+    let _watch = tls.as_ref().map(watch_tls);
+    let service = crate::registry::service::RegistryService::new(root).server();
+    with_grace(shutdown, |signal| {
+        Server::builder()
+            .add_service(health)
+            .add_service(reflection())
+            .add_service(service)
+            .serve_with_incoming_shutdown(conn::incoming(listener, REGISTRY_IDLE, tls), signal)
+    })
+    .await
+}
+
 /// A shutdown future that several servers (a gRPC port and its admin port) can wait on.
 type SharedSignal = futures::future::Shared<BoxedSignal>;
 

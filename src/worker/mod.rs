@@ -45,6 +45,17 @@ pub enum Serving {
         registry: PathBuf,
         domain: DomainKind,
     },
+    /// The current generation of a registry served over the network (see
+    /// [`crate::registry::service`]): each promoted generation is copied into the local registry
+    /// `cache`, verified, and served from there.
+    #[cfg(feature = "model")]
+    Mirror {
+        /// The registry service's address, for messages.
+        url: String,
+        channel: tonic::transport::Channel,
+        cache: PathBuf,
+        domain: DomainKind,
+    },
 }
 
 /// Worker limits.
@@ -203,7 +214,25 @@ impl Worker {
                 let _ = ready_tx.send(true);
             }
             #[cfg(feature = "model")]
-            Serving::Registry { registry, domain } => {
+            Serving::Registry { .. } | Serving::Mirror { .. } => {
+                let (registry, domain) = match serving {
+                    Serving::Mirror {
+                        url,
+                        channel,
+                        cache,
+                        domain,
+                    } => {
+                        tokio::spawn(crate::registry::service::mirror_loop(
+                            channel,
+                            url,
+                            cache.clone(),
+                            config.reload_every,
+                        ));
+                        (cache, domain)
+                    }
+                    Serving::Registry { registry, domain } => (registry, domain),
+                    Serving::Oracle { .. } => unreachable!("matched above"),
+                };
                 let worker: Arc<dyn DomainWorker> = with_domain!(domain, d => {
                     let shared: SharedAnswerer<_> =
                         Arc::new(RwLock::new(Arc::new(reload::NotLoaded)));
