@@ -112,6 +112,33 @@ struct StagingGuard {
     armed: bool,
 }
 
+/// Checks that the weights file at `path` has the manifest's size and SHA-256, naming the file
+/// and what differs.
+fn verify_weights(path: &Path, manifest: &Manifest) -> Result<(), RegistryError> {
+    // Size first: cheap, and a truncated file deserves that name rather than "corrupted".
+    let len = fs::metadata(path).map_err(io_err(path))?.len();
+    let size = |actual| RegistryError::WeightsSize {
+        path: path.to_path_buf(),
+        actual,
+        recorded: manifest.weights_bytes,
+    };
+    if len != manifest.weights_bytes {
+        return Err(size(len));
+    }
+    let (sha, hashed) = fsutil::sha256_file(path).map_err(io_err(path))?;
+    if hashed != manifest.weights_bytes {
+        return Err(size(hashed));
+    }
+    if sha != manifest.weights_sha256 {
+        return Err(RegistryError::WeightsCorrupted {
+            path: path.to_path_buf(),
+            actual: sha,
+            recorded: manifest.weights_sha256.clone(),
+        });
+    }
+    Ok(())
+}
+
 /// A staging directory for [`Registry::install_staged`]: write the weights file into
 /// [`Staging::path`] (as the manifest names it). Removed if dropped before it is installed, and
 /// by [`Registry::open`] after a crash.
@@ -265,33 +292,7 @@ impl Registry {
     fn load_verified(&self, generation: u64) -> Result<(LoadedGeneration, Vec<u8>), RegistryError> {
         let (manifest, manifest_bytes) = self.read_manifest(generation)?;
         let weights_path = self.generation_dir(generation).join(&manifest.weights_file);
-
-        // Size first: cheap, and a truncated file deserves that name rather than "corrupted".
-        let len = fs::metadata(&weights_path)
-            .map_err(io_err(&weights_path))?
-            .len();
-        if len != manifest.weights_bytes {
-            return Err(RegistryError::WeightsSize {
-                path: weights_path,
-                actual: len,
-                recorded: manifest.weights_bytes,
-            });
-        }
-        let (sha, hashed) = fsutil::sha256_file(&weights_path).map_err(io_err(&weights_path))?;
-        if hashed != manifest.weights_bytes {
-            return Err(RegistryError::WeightsSize {
-                path: weights_path,
-                actual: hashed,
-                recorded: manifest.weights_bytes,
-            });
-        }
-        if sha != manifest.weights_sha256 {
-            return Err(RegistryError::WeightsCorrupted {
-                path: weights_path,
-                actual: sha,
-                recorded: manifest.weights_sha256,
-            });
-        }
+        verify_weights(&weights_path, &manifest)?;
         Ok((
             LoadedGeneration {
                 manifest,
@@ -432,21 +433,7 @@ impl Registry {
         let staging = guard.path.clone();
         let weights_path = staging.join(&manifest.weights_file);
         fsutil::sync_file(&weights_path).map_err(io_err(&weights_path))?;
-        let (sha, bytes) = fsutil::sha256_file(&weights_path).map_err(io_err(&weights_path))?;
-        if bytes != manifest.weights_bytes {
-            return Err(RegistryError::WeightsSize {
-                path: weights_path,
-                actual: bytes,
-                recorded: manifest.weights_bytes,
-            });
-        }
-        if sha != manifest.weights_sha256 {
-            return Err(RegistryError::WeightsCorrupted {
-                path: weights_path,
-                actual: sha,
-                recorded: manifest.weights_sha256,
-            });
-        }
+        verify_weights(&weights_path, &manifest)?;
         let manifest_path = staging.join(MANIFEST_FILE);
         fsutil::write_atomic(&manifest_path, manifest_bytes).map_err(io_err(&manifest_path))?;
         match fs::rename(&staging, &target) {
