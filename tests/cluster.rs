@@ -1040,3 +1040,98 @@ async fn a_client_over_its_rate_is_told_when_to_come_back_and_others_are_not() {
     other.ask(sequential_tree(3)).await.unwrap();
     c.stop().await;
 }
+
+/// Two coordinator replicas over the same worker, each told of both (as a headless Service
+/// would): a client's GetTrace finds its tree whichever replica it reaches, with its token
+/// forwarded so that another client still cannot read it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn get_trace_finds_a_tree_evaluated_by_another_replica() {
+    use hch::coordinator::auth::{attach, new_token, Tokens};
+    use hch::coordinator::peers::PeerConfig;
+    use hch::coordinator::pool::{Pool, PoolConfig, WorkerSource};
+    use hch::coordinator::CoordinatorService;
+    let (worker, _) = hch::server::start_worker(
+        "127.0.0.1:0".parse().unwrap(),
+        hch::worker::Serving::Oracle {
+            delay: Duration::ZERO,
+        },
+        WorkerConfig::default(),
+    )
+    .await
+    .unwrap();
+    let (alice, a) = new_token("alice", &["ask"]).unwrap();
+    let (carol, c) = new_token("carol", &["ask"]).unwrap();
+    let tokens = std::sync::Arc::new(
+        Tokens::parse(format!("{{\"clients\": [{a}, {c}]}}").as_bytes()).unwrap(),
+    );
+    let listeners = [
+        tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap(),
+        tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap(),
+    ];
+    let replicas: Vec<String> = listeners
+        .iter()
+        .map(|l| l.local_addr().unwrap().to_string())
+        .collect();
+    for listener in listeners {
+        let pool = Pool::start(PoolConfig {
+            source: WorkerSource::Static(vec![worker.addr.to_string()]),
+            ..PoolConfig::default()
+        })
+        .await;
+        let config = CoordinatorConfig {
+            tokens: Some(tokens.clone()),
+            peers: Some(PeerConfig::new(
+                WorkerSource::Static(replicas.clone()),
+                None,
+            )),
+            ..CoordinatorConfig::default()
+        };
+        tokio::spawn(hch::server::serve_coordinator(
+            listener,
+            None,
+            CoordinatorService::new(pool, config),
+            std::future::pending(),
+        ));
+    }
+    let connect = |addr: &String| {
+        pb::coordinator_client::CoordinatorClient::connect(format!("http://{addr}"))
+    };
+    let mut first = connect(&replicas[0]).await.unwrap();
+    let mut second = connect(&replicas[1]).await.unwrap();
+    let mut request = tonic::Request::new(ask(
+        DomainKind::Wildcard,
+        "010011:+1 110000:-1".into(),
+        "*1****".into(),
+        "amplified",
+    ));
+    attach(&mut request, Some(&alice));
+    let reply = first.ask(request).await.unwrap().into_inner();
+    let get = |token: &str, id: &str| {
+        let mut request = tonic::Request::new(pb::GetTraceRequest {
+            tree_id: id.to_string(),
+        });
+        attach(&mut request, Some(token));
+        request
+    };
+    // Asked of the replica that did not evaluate it: found on the other one.
+    let trace = second
+        .get_trace(get(&alice, &reply.tree_id))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(trace.tree_id, reply.tree_id);
+    assert!(!trace.nodes.is_empty());
+    // Another client is refused there too, as if the tree did not exist.
+    let e = second
+        .get_trace(get(&carol, &reply.tree_id))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::NotFound, "{e:?}");
+    // A tree nobody evaluated: NOT_FOUND, saying how many replicas were asked.
+    let e = second
+        .get_trace(get(&alice, "t00000000000000000000000000000000"))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::NotFound, "{e:?}");
+    assert!(e.message().contains("no replica of the 2"), "{e:?}");
+}

@@ -12,6 +12,7 @@ use clap::Args;
 use tokio::net::TcpListener;
 
 use crate::answerer::batched::BatchConfig;
+use crate::coordinator::peers::PeerConfig;
 use crate::coordinator::pool::{PoolConfig, WorkerSource};
 use crate::coordinator::viewer::ViewerConfig;
 use crate::coordinator::CoordinatorConfig;
@@ -277,11 +278,41 @@ pub struct CoordinatorArgs {
     /// dialled by address, which their certificates need not name).
     #[arg(long, requires = "worker_tls_ca")]
     worker_tls_name: Option<String>,
+    /// A `host:port` resolving to every coordinator replica behind the same Service (a headless
+    /// Service): a GetTrace for a tree another replica evaluated is answered by asking them.
+    #[arg(long, conflicts_with = "peers")]
+    peers_dns: Option<String>,
+    /// The coordinator replicas as a list of `host:port` (instead of --peers-dns).
+    #[arg(long, value_delimiter = ',')]
+    peers: Vec<String>,
+    /// TLS to the other replicas: the CA their certificates chain to (PEM) ...
+    #[arg(long)]
+    peer_tls_ca: Option<PathBuf>,
+    /// ... and the name to verify them as (they are dialled by address).
+    #[arg(long, requires = "peer_tls_ca")]
+    peer_tls_name: Option<String>,
     #[command(flatten)]
     options: CoordinatorOptions,
 }
 
 impl CoordinatorArgs {
+    fn peers(&self) -> Result<Option<PeerConfig>> {
+        let source = match (&self.peers_dns, self.peers.is_empty()) {
+            (Some(name), _) => WorkerSource::Dns(name.clone()),
+            (None, false) => WorkerSource::Static(self.peers.clone()),
+            (None, true) => return Ok(None),
+        };
+        let tls = match &self.peer_tls_ca {
+            Some(ca) => Some(ClientTls::load(ClientTlsFiles {
+                ca: ca.clone(),
+                identity: None,
+                server_name: self.peer_tls_name.clone(),
+            })?),
+            None => None,
+        };
+        Ok(Some(PeerConfig::new(source, tls)))
+    }
+
     fn worker_tls(&self) -> Result<Option<Arc<ClientTls>>> {
         let Some(ca) = &self.worker_tls_ca else {
             return Ok(None);
@@ -449,6 +480,7 @@ pub async fn coordinator(args: CoordinatorArgs) -> Result<()> {
     let otel = start_otel("hch-coordinator")?;
     let config = CoordinatorConfig {
         tracer: otel.as_ref().map(Otel::tracer).unwrap_or_default(),
+        peers: args.peers()?,
         ..coordinator_config(&args.options)?
     };
     let listener = TcpListener::bind(args.listen)

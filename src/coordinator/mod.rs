@@ -12,6 +12,7 @@
 pub mod auth;
 pub mod limit;
 pub mod metrics;
+pub mod peers;
 pub mod pool;
 pub mod remote;
 mod traces;
@@ -84,6 +85,9 @@ pub struct CoordinatorConfig {
     pub tracer: crate::otel::Tracer,
     /// The tree viewer's records (see [`viewer`]), served on the admin port; `None`: off.
     pub viewer: Option<viewer::ViewerConfig>,
+    /// The other replicas behind the same Service, asked for a trace this one does not hold
+    /// (see [`peers`]); `None`: a single replica.
+    pub peers: Option<peers::PeerConfig>,
 }
 
 impl Default for CoordinatorConfig {
@@ -110,6 +114,7 @@ impl Default for CoordinatorConfig {
             tls: None,
             tracer: crate::otel::Tracer::off(),
             viewer: None,
+            peers: None,
         }
     }
 }
@@ -735,10 +740,17 @@ impl pb::coordinator_server::Coordinator for Arc<CoordinatorService> {
         request: Request<pb::GetTraceRequest>,
     ) -> Result<Response<pb::Trace>, Status> {
         let client = self.authorize(&request, Right::Ask)?;
+        let forwarded = request.metadata().contains_key(peers::FORWARDED);
+        let metadata = request.metadata().clone();
         let request = TraceRequest::decode(request.into_inner())?;
-        Ok(Response::new(
-            self.trace(&request.tree_id, &client)?.encode(),
-        ))
+        match (self.trace(&request.tree_id, &client), &self.config.peers) {
+            (Ok(trace), _) => Ok(Response::new(trace.encode())),
+            // Another replica may have evaluated it (a forwarded call is answered from here only).
+            (Err(ServiceError::NotFound(_)), Some(peers)) if !forwarded => Ok(Response::new(
+                peers.find_trace(&request.tree_id, &metadata).await?,
+            )),
+            (Err(e), _) => Err(e.into()),
+        }
     }
 
     async fn status(
