@@ -295,6 +295,12 @@ async fn a_worker_without_a_model_is_not_serving_on_its_admin_port_either() {
         health(&admin, "hch.v1.Worker").await,
         ServingStatus::NotServing
     );
+    assert_eq!(health(&admin, "").await, ServingStatus::NotServing);
+    // Alive all the same: a liveness probe must not restart a worker waiting for its model.
+    assert_eq!(
+        health(&admin, hch::server::LIVENESS).await,
+        ServingStatus::Serving
+    );
     let metrics = common::http_get(&admin, "/metrics").unwrap();
     assert_eq!(sample(&metrics, "hch_worker_ready"), Some(0.0), "{metrics}");
     assert_eq!(

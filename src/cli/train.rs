@@ -460,7 +460,7 @@ async fn serve_trainer_admin(
     eprintln!("admin listening on {}", listener.local_addr()?);
     let mut registry = prometheus_client::registry::Registry::default();
     metrics.register(&mut registry);
-    let (reporter, health) = tonic_health::server::health_reporter();
+    let (reporter, health) = crate::server::health_reporter().await;
     reporter
         .set_service_status("", tonic_health::ServingStatus::Serving)
         .await;

@@ -81,7 +81,7 @@ pub async fn serve_worker(
     worker: Worker,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> ServeResult {
-    let (reporter, health) = tonic_health::server::health_reporter();
+    let (reporter, health) = health_reporter().await;
     let service_name = "hch.v1.Worker";
     reporter
         .set_service_status(service_name, ServingStatus::NotServing)
@@ -129,7 +129,7 @@ pub async fn serve_coordinator(
     service: Arc<CoordinatorService>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> ServeResult {
-    let (reporter, health) = tonic_health::server::health_reporter();
+    let (reporter, health) = health_reporter().await;
     reporter
         .set_service_status("hch.v1.Coordinator", ServingStatus::Serving)
         .await;
@@ -181,7 +181,7 @@ pub async fn serve_registry(
     tls: Option<Arc<crate::tls::ServerTls>>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> ServeResult {
-    let (reporter, health) = tonic_health::server::health_reporter();
+    let (reporter, health) = health_reporter().await;
     for name in ["", "hch.v1.Registry"] {
         reporter
             .set_service_status(name, ServingStatus::Serving)
@@ -202,6 +202,23 @@ pub async fn serve_registry(
             .serve_with_incoming_shutdown(conn::incoming(listener, REGISTRY_IDLE, tls), signal)
     })
     .await
+}
+
+/// The name of the health service that is SERVING as long as the process serves at all: what a
+/// liveness probe asks (`""` and the service's own name report readiness, NOT_SERVING while a
+/// worker has no model, and a liveness probe on them would restart a worker that is waiting).
+pub const LIVENESS: &str = "liveness";
+
+/// A health reporter with [`LIVENESS`] already SERVING.
+pub async fn health_reporter() -> (
+    tonic_health::server::HealthReporter,
+    tonic_health::pb::health_server::HealthServer<impl tonic_health::pb::health_server::Health>,
+) {
+    let (reporter, health) = tonic_health::server::health_reporter();
+    reporter
+        .set_service_status(LIVENESS, ServingStatus::Serving)
+        .await;
+    (reporter, health)
 }
 
 /// A shutdown future that several servers (a gRPC port and its admin port) can wait on.
@@ -417,7 +434,7 @@ impl Cluster {
                 coordinator_service.register_metrics(&mut registry);
                 let workers: Vec<_> = started.iter().map(|(_, w)| w.clone()).collect();
                 crate::worker::metrics::register(&mut registry, &workers);
-                let (reporter, health) = tonic_health::server::health_reporter();
+                let (reporter, health) = health_reporter().await;
                 reporter
                     .set_service_status("", ServingStatus::Serving)
                     .await;
