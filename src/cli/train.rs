@@ -200,10 +200,22 @@ pub struct TrainArgs {
     pub admin_listen: Option<std::net::SocketAddr>,
     /// Serve the run's registry to workers on other nodes (the Registry service, as
     /// `hch registry serve` does) on this address, so that `hch worker --registry-url` gets each
-    /// promoted generation without a shared filesystem. Plain TCP: in a cluster, run
-    /// `hch registry serve` with TLS beside the trainer instead, or put this behind a mesh.
+    /// promoted generation without a shared filesystem.
     #[arg(long)]
     pub serve_registry: Option<std::net::SocketAddr>,
+    /// With --serve-registry: TLS on that listener (certificate chain, PEM) ...
+    #[arg(long, requires_all = ["serve_registry", "registry_tls_key", "registry_tls_client_ca"])]
+    pub registry_tls_cert: Option<PathBuf>,
+    /// ... its private key (PEM) ...
+    #[arg(long, requires = "registry_tls_cert")]
+    pub registry_tls_key: Option<PathBuf>,
+    /// ... and the CA whose client certificates (the workers') it requires.
+    #[arg(long, requires = "registry_tls_cert")]
+    pub registry_tls_client_ca: Option<PathBuf>,
+    /// With --serve-registry: once training stops, keep serving the registry (and metrics)
+    /// until SIGTERM, as a long-running trainer pod does.
+    #[arg(long, requires = "serve_registry")]
+    pub keep_serving: bool,
     /// The run directory (created, or resumed if it holds a run).
     #[arg(long)]
     pub run: Option<PathBuf>,
@@ -483,6 +495,7 @@ async fn serve_trainer_admin(
 async fn serve_run_registry(
     listen: std::net::SocketAddr,
     root: &Path,
+    tls: Option<std::sync::Arc<crate::tls::ServerTls>>,
 ) -> Result<crate::server::AbortOnDrop> {
     let listener = tokio::net::TcpListener::bind(listen)
         .await
@@ -491,7 +504,7 @@ async fn serve_run_registry(
     let root = root.to_path_buf();
     Ok(crate::server::AbortOnDrop(tokio::spawn(async move {
         let served =
-            crate::server::serve_registry(listener, None, root, None, std::future::pending()).await;
+            crate::server::serve_registry(listener, None, root, tls, std::future::pending()).await;
         if let Err(error) = served {
             tracing::error!(%error, "the registry listener failed");
         }
@@ -525,8 +538,21 @@ pub async fn train(args: TrainArgs) -> Result<()> {
             }
             None => None,
         };
+        let registry_tls = match (&args.registry_tls_cert, &args.registry_tls_key) {
+            (Some(cert), Some(key)) => Some(crate::tls::ServerTls::load(crate::tls::ServerTlsFiles {
+                cert: cert.clone(),
+                key: key.clone(),
+                client_auth: match &args.registry_tls_client_ca {
+                    Some(ca) => crate::tls::ClientAuth::Required(ca.clone()),
+                    None => bail!("--registry-tls-cert needs --registry-tls-client-ca"),
+                },
+            })?),
+            _ => None,
+        };
         let _registry = match args.serve_registry {
-            Some(listen) => Some(serve_run_registry(listen, run.registry().root()).await?),
+            Some(listen) => {
+                Some(serve_run_registry(listen, run.registry().root(), registry_tls).await?)
+            }
             None => None,
         };
         let (_, cluster) = train_run(domain, &mut run, &args.engine, stop, &mut view).await?;
@@ -534,6 +560,10 @@ pub async fn train(args: TrainArgs) -> Result<()> {
             c.stop().await;
         }
         finish_report(std::slice::from_ref(&dir), 0.95, None)?;
+        if args.keep_serving {
+            eprintln!("training stopped: serving the registry until SIGTERM");
+            super::serve::shutdown_signal().await;
+        }
         Ok(())
     })
 }
