@@ -16,12 +16,12 @@ else
 SETUP :=
 endif
 
-.PHONY: demo test test-rust test-python test-lean test-deps setup bench lint fuzz fuzz-smoke
+.PHONY: demo test test-rust test-python test-deploy test-lean test-deps setup bench lint fuzz fuzz-smoke
 
 demo: $(SETUP)
 	cargo run --release -- demo
 
-test: test-rust test-python test-lean
+test: test-rust test-python test-deploy test-lean
 
 test-rust: $(SETUP) test-deps
 	cargo test
@@ -45,6 +45,12 @@ test-python: $(SETUP) .venv/.ready
 	cargo test --no-run --quiet
 	.venv/bin/python tests/python/client_test.py $${CARGO_TARGET_DIR:-target}/debug/hch
 	.venv/bin/python tests/python/targets_test.py $${CARGO_TARGET_DIR:-target}/debug/hch
+
+# deploy/, validated offline (no cluster here): every overlay renders with kubectl kustomize and
+# passes kubernetes-validate --strict, and hch accepts every container's arguments.
+test-deploy: $(SETUP) .venv/.ready
+	cargo test --no-run --quiet
+	scripts/validate-deploy.sh .venv $${CARGO_TARGET_DIR:-target}/debug/hch
 
 # The build without libtorch (cargo feature `model` off: the coordinator's image, quick CLI use).
 # It shares the target directory: only the hch crate is rebuilt, and target/debug/hch is then the

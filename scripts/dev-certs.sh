@@ -1,11 +1,17 @@
 #!/usr/bin/env bash
 # Makes a throwaway PKI for trying TLS and mutual TLS (and for tests), with openssl:
 #
-#   DIR/cluster-ca.{crt,key}   the cluster's CA: signs coordinators, workers and the trainer
-#   DIR/worker.{crt,key}       a worker (server): DNS hch-worker, localhost, IP 127.0.0.1
-#   DIR/coordinator.{crt,key}  a coordinator: server to its clients, client to its workers
+#   DIR/cluster-ca.{crt,key}   the cluster's CA: signs coordinators, workers and the registry
+#   DIR/worker.{crt,key}       a worker: server to coordinators (DNS hch-worker), client of the
+#                              registry service
+#   DIR/coordinator.{crt,key}  a coordinator: server to its clients and its peer replicas
+#                              (DNS hch-coordinator), client to its workers
+#   DIR/registry.{crt,key}     the registry service (DNS hch-registry), beside the trainer
 #   DIR/client-ca.{crt,key}    the CA of the users (kept apart: its certificates open no worker)
 #   DIR/client.{crt,key}       a user's client certificate
+#
+# Each server certificate also names its Kubernetes Service in namespace $HCH_NAMESPACE (hch by
+# default): hch-worker.hch.svc and so on, as deploy/ dials them.
 #
 # Usage: scripts/dev-certs.sh DIR [DAYS]    (DAYS: validity, 30 by default)
 #
@@ -23,6 +29,7 @@ set -euo pipefail
 
 dir=${1:?usage: scripts/dev-certs.sh DIR [DAYS]}
 days=${2:-30}
+ns=${HCH_NAMESPACE:-hch}
 mkdir -p "$dir"
 cd "$dir"
 umask 077
@@ -46,10 +53,13 @@ leaf() { # name ca subject extendedKeyUsage subjectAltName
 
 ca cluster-ca "hch cluster CA"
 ca client-ca "hch client CA"
-leaf worker cluster-ca hch-worker serverAuth "DNS:hch-worker,DNS:localhost,IP:127.0.0.1"
-leaf coordinator cluster-ca hch-coordinator serverAuth,clientAuth \
-    "DNS:hch-coordinator,DNS:localhost,IP:127.0.0.1"
+names() { # service
+    echo "DNS:$1,DNS:$1.$ns.svc,DNS:$1.$ns.svc.cluster.local,DNS:localhost,IP:127.0.0.1"
+}
+leaf worker cluster-ca hch-worker serverAuth,clientAuth "$(names hch-worker)"
+leaf coordinator cluster-ca hch-coordinator serverAuth,clientAuth "$(names hch-coordinator)"
+leaf registry cluster-ca hch-registry serverAuth "$(names hch-registry)"
 leaf client client-ca hch-client clientAuth ""
 rm -f ./*.srl
 chmod 644 ./*.crt
-echo "dev-certs: CA, worker, coordinator and client certificates in $(pwd), valid $days days"
+echo "dev-certs: CA, worker, coordinator, registry and client certificates in $(pwd), valid $days days"
