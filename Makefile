@@ -16,7 +16,7 @@ else
 SETUP :=
 endif
 
-.PHONY: demo test test-rust test-python test-deploy test-lean test-deps setup bench lint fuzz fuzz-smoke
+.PHONY: demo test rehearsal test-rust test-python test-deploy test-lean test-deps setup bench lint fuzz fuzz-smoke
 
 demo: $(SETUP)
 	cargo run --release -- demo
@@ -51,6 +51,15 @@ test-python: $(SETUP) .venv/.ready
 test-deploy: $(SETUP) .venv/.ready
 	cargo test --no-run --quiet
 	scripts/validate-deploy.sh .venv $${CARGO_TARGET_DIR:-target}/debug/hch
+
+# The multi-host rehearsal: the deployment of deploy/ played with containers on a private Docker
+# network (tests/rehearsal.rs). The images are built from debug binaries, which `make test` has
+# already compiled; the containers get the arguments of the rendered cpu overlay.
+rehearsal: $(SETUP) .venv/.ready
+	PROFILE=debug scripts/images.sh
+	DEPLOY_ARGS_JSON=$${CARGO_TARGET_DIR:-target}/deploy-args.json scripts/validate-deploy.sh .venv
+	HCH_DEPLOY_ARGS=$${CARGO_TARGET_DIR:-target}/deploy-args.json \
+		cargo test --test rehearsal -- --ignored --nocapture
 
 # The build without libtorch (cargo feature `model` off: the coordinator's image, quick CLI use).
 # It shares the target directory: only the hch crate is rebuilt, and target/debug/hch is then the

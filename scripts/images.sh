@@ -10,7 +10,8 @@
 #                           (a full libtorch 2.11 with CUDA, and the nvidia-* wheels' libraries
 #                           in $LIBTORCH/lib); never built in CI, untested here (no GPU)
 #
-# TAG is the crate's version. Prints each image's size.
+# TAG is the crate's version. Prints each image's size. PROFILE=debug builds the images from
+# debug binaries (what `make rehearsal` does after `make test` has built them).
 #
 # Usage: scripts/images.sh [cpu|gpu]        (cpu, the default, builds the base and CPU images)
 set -euo pipefail
@@ -22,6 +23,12 @@ tag=$(sed -n 's/^version = "\(.*\)"$/\1/p' Cargo.toml | head -n 1)
 base=${BASE:-hch-base:bookworm}
 mirror=${DEBIAN_MIRROR:-http://deb.debian.org/debian}
 target=${CARGO_TARGET_DIR:-target}
+profile=${PROFILE:-release}
+case $profile in
+    release) cargo_profile=(--release) ;;
+    debug) cargo_profile=() ;;
+    *) echo "images: PROFILE is release or debug" >&2; exit 2 ;;
+esac
 
 say() { echo "images: $*" >&2; }
 
@@ -74,14 +81,14 @@ case $what in
     cpu)
         make setup > /dev/null
         # The lean binary first (only the hch crate differs between the two builds).
-        say "building hch without libtorch (release)"
-        cargo build --release --quiet --no-default-features
+        say "building hch without libtorch ($profile)"
+        cargo build "${cargo_profile[@]}" --quiet --no-default-features
         mkdir -p "$context/coordinator"
-        cp "$target/release/hch" "$context/coordinator/hch"
-        say "building hch with the models (release)"
-        cargo build --release --quiet
+        cp "$target/$profile/hch" "$context/coordinator/hch"
+        say "building hch with the models ($profile)"
+        cargo build "${cargo_profile[@]}" --quiet
         mkdir -p "$context/worker/libtorch"
-        cp "$target/release/hch" "$context/worker/hch"
+        cp "$target/$profile/hch" "$context/worker/hch"
         cp -r .libtorch/lib "$context/worker/libtorch/lib"
         strip --strip-debug "$context"/*/hch
         build hch-coordinator coordinator.Dockerfile "$context/coordinator"
@@ -96,10 +103,10 @@ case $what in
             say "$LIBTORCH/lib has no libtorch_cuda.so: not a CUDA libtorch"
             exit 1
         }
-        say "building hch against $LIBTORCH (release)"
-        cargo build --release --quiet
+        say "building hch against $LIBTORCH ($profile)"
+        cargo build "${cargo_profile[@]}" --quiet
         mkdir -p "$context/worker/libtorch"
-        cp "$target/release/hch" "$context/worker/hch"
+        cp "$target/$profile/hch" "$context/worker/hch"
         cp -rL "$LIBTORCH/lib" "$context/worker/libtorch/lib"
         strip --strip-debug "$context/worker/hch"
         build hch-worker-gpu worker-gpu.Dockerfile "$context/worker"

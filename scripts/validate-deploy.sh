@@ -8,6 +8,9 @@
 # given to it (with --help appended): an unknown flag or a bad value fails, so the manifests
 # cannot drift from the command line.
 #
+# With DEPLOY_ARGS_JSON=FILE, the cpu overlay's containers' arguments (the ConfigMap's values put
+# in) are written there as {"hch-coordinator": [...], ...}: the rehearsal runs the same.
+#
 # Usage: scripts/validate-deploy.sh PYTHON_VENV [HCH]    (kubernetes-validate goes into the venv)
 set -euo pipefail
 
@@ -55,6 +58,25 @@ for overlay in "$here"/deploy/overlays/*/; do
         continue
     fi
     echo "validate-deploy: $name: $count resources render and pass kubernetes-validate --strict ($k8s_version)"
+    if [ "$name" = cpu ] && [ -n "${DEPLOY_ARGS_JSON:-}" ]; then
+        "$venv/bin/python" - "$rendered" "$DEPLOY_ARGS_JSON" <<'PY'
+import json, re, sys, yaml
+docs = [d for d in yaml.safe_load_all(open(sys.argv[1])) if d]
+env = {}
+for d in docs:
+    if d["kind"] == "ConfigMap" and d["metadata"]["name"] == "hch-config":
+        env.update(d["data"])
+out = {}
+for d in docs:
+    if d["kind"] in ("Deployment", "StatefulSet"):
+        c = d["spec"]["template"]["spec"]["containers"][0]
+        out[d["metadata"]["name"]] = [
+            re.sub(r"\$\((\w+)\)", lambda m: env.get(m.group(1), m.group(0)), a)
+            for a in c.get("args", [])
+        ]
+json.dump(out, open(sys.argv[2], "w"), indent=1)
+PY
+    fi
     if [ -n "$hch" ]; then
         # Each container's arguments, with the ConfigMap's values (and a stand-in token) put in
         # for $(VAR), given to hch with --help: clap refuses an unknown flag or a bad value
