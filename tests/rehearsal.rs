@@ -194,6 +194,17 @@ struct Tally {
 
 type Client = pb::coordinator_client::CoordinatorClient<tonic::transport::Channel>;
 
+/// One coordinator's view of its workers: address -> (healthy, items sent, generation served).
+type View = std::collections::HashMap<String, (bool, u64, Option<u64>)>;
+
+/// Whether every coordinator routes to the worker at `ip` and sees it serving `generation`.
+fn serving(views: &[View], ip: &str, generation: Option<u64>) -> bool {
+    views.iter().all(|view| {
+        view.iter()
+            .any(|(a, (h, _, g))| a.starts_with(&format!("{ip}:")) && *h && *g == generation)
+    })
+}
+
 async fn connect(addr: &str, ca: &Path) -> Client {
     let tls = hch::tls::ClientTls::load(hch::tls::ClientTlsFiles {
         ca: ca.to_path_buf(),
@@ -208,10 +219,7 @@ async fn connect(addr: &str, ca: &Path) -> Client {
 }
 
 /// Each coordinator's view of its workers: address -> (healthy, items sent, generation).
-async fn workers(
-    clients: &mut [Client],
-    token: &str,
-) -> Vec<std::collections::HashMap<String, (bool, u64, Option<u64>)>> {
+async fn workers(clients: &mut [Client], token: &str) -> Vec<View> {
     let mut views = Vec::new();
     for client in clients.iter_mut() {
         let mut request = tonic::Request::new(pb::StatusRequest {});
@@ -235,7 +243,7 @@ async fn until(
     token: &str,
     limit: Duration,
     what: &str,
-    done: impl Fn(&[std::collections::HashMap<String, (bool, u64, Option<u64>)>]) -> bool,
+    done: impl Fn(&[View]) -> bool,
 ) -> Duration {
     let start = Instant::now();
     loop {
@@ -252,7 +260,7 @@ async fn until(
 }
 
 /// Items sent to the worker at `ip` by both coordinators.
-fn sent(views: &[std::collections::HashMap<String, (bool, u64, Option<u64>)>], ip: &str) -> u64 {
+fn sent(views: &[View], ip: &str) -> u64 {
     views
         .iter()
         .flat_map(|v| v.iter())
@@ -262,7 +270,7 @@ fn sent(views: &[std::collections::HashMap<String, (bool, u64, Option<u64>)>], i
 }
 
 /// Whether any coordinator still routes to the worker at `ip` (listed and healthy).
-fn routed(views: &[std::collections::HashMap<String, (bool, u64, Option<u64>)>], ip: &str) -> bool {
+fn routed(views: &[View], ip: &str) -> bool {
     views.iter().any(|v| {
         v.iter()
             .any(|(addr, (healthy, _, _))| addr.starts_with(&format!("{ip}:")) && *healthy)
@@ -441,12 +449,7 @@ async fn the_deployment_rehearsed_with_containers() {
         &token,
         Duration::from_secs(60),
         "both coordinators route to the first oracle worker",
-        |v| {
-            v.iter().all(|view| {
-                view.iter()
-                    .any(|(a, (h, _, _))| *h && a.starts_with(&format!("{first_oracle}:")))
-            })
-        },
+        |v| serving(v, &first_oracle, None),
     )
     .await;
     let model_ips: Vec<String> = model_workers.iter().map(|c| c.ip(&stage.network)).collect();
@@ -455,15 +458,7 @@ async fn the_deployment_rehearsed_with_containers() {
         &token,
         Duration::from_secs(60),
         "both model workers serve generation 0",
-        |v| {
-            model_ips.iter().all(|ip| {
-                v.iter().all(|view| {
-                    view.iter().any(|(a, (h, _, g))| {
-                        a.starts_with(&format!("{ip}:")) && *h && *g == Some(0)
-                    })
-                })
-            })
-        },
+        |v| model_ips.iter().all(|ip| serving(v, ip, Some(0))),
     )
     .await;
 
@@ -474,7 +469,7 @@ async fn the_deployment_rehearsed_with_containers() {
     let mut askers = Vec::new();
     for c in 0..4u64 {
         let (stop, tally, token) = (stop.clone(), tally.clone(), token.clone());
-        let mut mine = vec![
+        let mut mine = [
             connect(&addresses[0], &ca).await,
             connect(&addresses[1], &ca).await,
         ];
@@ -609,15 +604,7 @@ async fn the_deployment_rehearsed_with_containers() {
         &token,
         Duration::from_secs(60),
         "both model workers serve generation 1",
-        |v| {
-            model_ips.iter().all(|ip| {
-                v.iter().all(|view| {
-                    view.iter().any(|(a, (h, _, g))| {
-                        a.starts_with(&format!("{ip}:")) && *h && *g == Some(1)
-                    })
-                })
-            })
-        },
+        |v| model_ips.iter().all(|ip| serving(v, ip, Some(1))),
     )
     .await;
     report.push(format!(
@@ -657,9 +644,10 @@ async fn the_deployment_rehearsed_with_containers() {
     // A killed worker's calls are retried and a cut-off one's time out and are re-sent: the
     // clients lose nothing.
     assert!(failed.is_empty(), "failed calls: {failed:?}");
+    // Containers first, then the network (dropped last, being declared first).
     drop(coordinators);
     drop(model_workers);
     drop(oracles);
-    drop(network);
+    drop(_registry);
     let _ = std::fs::remove_dir_all(&dir);
 }
