@@ -329,7 +329,7 @@ async fn the_deployment_rehearsed_with_containers() {
     registry.promote(g0.generation).unwrap();
     chmod_readable(&dir);
 
-    let network = Network(docker(&["network", "create", &prefix]));
+    let _network = Network(docker(&["network", "create", &prefix]));
     let stage = Stage {
         dir: dir.clone(),
         network: prefix.clone(),
