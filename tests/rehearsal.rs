@@ -623,6 +623,19 @@ async fn the_deployment_rehearsed_with_containers() {
     }
     let elapsed = t0.elapsed().as_secs_f64();
 
+    // Two replicas behind one name: a tree asked of one is found by GetTrace on the other.
+    let (request, _) = common::permutation_request(7);
+    let mut request = tonic::Request::new(request);
+    hch::coordinator::auth::attach(&mut request, Some(&token));
+    let reply = clients[0].ask(request).await.unwrap().into_inner();
+    let mut get = tonic::Request::new(pb::GetTraceRequest {
+        tree_id: reply.tree_id.clone(),
+    });
+    hch::coordinator::auth::attach(&mut get, Some(&token));
+    let trace = clients[1].get_trace(get).await.unwrap().into_inner();
+    assert_eq!(trace.tree_id, reply.tree_id);
+    report.push("GetTrace on the other replica found the tree".to_string());
+
     let right = tally.right.load(Ordering::Relaxed);
     let wrong = tally.wrong.load(Ordering::Relaxed);
     let degraded = tally.degraded.load(Ordering::Relaxed);
