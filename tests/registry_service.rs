@@ -154,6 +154,77 @@ async fn promoted_generations_are_copied_verified_and_corruption_is_refused() {
     std::fs::remove_dir_all(copy_dir).unwrap();
 }
 
+/// Serves the registry at `root` on a fresh port; returns a client and its URL.
+async fn serve(
+    root: &Path,
+) -> (
+    pb::registry_client::RegistryClient<tonic::transport::Channel>,
+    String,
+) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(hch::server::serve_registry(
+        listener,
+        None,
+        root.to_path_buf(),
+        None,
+        std::future::pending(),
+    ));
+    let channel = tonic::transport::Endpoint::from_shared(url.clone())
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    (
+        pb::registry_client::RegistryClient::new(channel)
+            .max_decoding_message_size(2 * hch::registry::service::CHUNK_BYTES),
+        url,
+    )
+}
+
+/// A source that started over (a trainer whose run was recreated numbers its generations from 0
+/// again): the copy's own generation 0, from the old source, is replaced by the new one's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_copy_follows_a_source_that_started_over() {
+    let (old_dir, new_dir, copy_dir) = (
+        temp_dir("registry-old"),
+        temp_dir("registry-new"),
+        temp_dir("registry-follows"),
+    );
+    let (old, new) = (
+        Registry::open(&old_dir).unwrap(),
+        Registry::open(&new_dir).unwrap(),
+    );
+    let g = publish(&old, None, &weights(300_000, 7));
+    old.promote(g).unwrap();
+    let (mut client, url) = serve(&old_dir).await;
+    assert_eq!(
+        mirror_once(&mut client, &url, &copy_dir).await.unwrap(),
+        Some(0)
+    );
+
+    let g = publish(&new, None, &weights(200_000, 8));
+    new.promote(g).unwrap();
+    let (mut client, url) = serve(&new_dir).await;
+    assert_eq!(
+        mirror_once(&mut client, &url, &copy_dir).await.unwrap(),
+        Some(0)
+    );
+    assert_eq!(weights_of(&copy_dir, 0), weights_of(&new_dir, 0));
+    assert_eq!(
+        Registry::open(&copy_dir).unwrap().manifest(0).unwrap().1,
+        new.manifest(0).unwrap().1
+    );
+    assert_eq!(
+        entries(&copy_dir),
+        ["g000000"],
+        "no staging directory is left"
+    );
+    for dir in [old_dir, new_dir, copy_dir] {
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+}
+
 #[tokio::test]
 async fn an_unreachable_registry_is_an_error_naming_it() {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();

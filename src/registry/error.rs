@@ -71,6 +71,13 @@ pub enum RegistryError {
 
     #[error("cannot publish to registry {}: {reason}", .root.display())]
     InvalidNewGeneration { root: PathBuf, reason: String },
+
+    #[error(
+        "generation {generation} at {} differs from the copy being installed (another \
+         registry's generation {generation})",
+        .path.display()
+    )]
+    GenerationDiffers { path: PathBuf, generation: u64 },
 }
 
 pub(super) fn size_problem(actual: u64, recorded: u64) -> &'static str {

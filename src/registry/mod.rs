@@ -390,6 +390,24 @@ impl Registry {
         self.install_staged(staging, generation, manifest_bytes)
     }
 
+    /// Removes a generation, for a copy whose source replaced it (a trainer whose run started
+    /// over numbers its generations from 0 again). Moved aside under a staging name first, so no
+    /// reader sees it half removed, and a crash leaves only what [`Registry::open`] cleans up.
+    /// Never use it on a registry a trainer publishes to: generations are immutable there.
+    pub fn discard(&self, generation: u64) -> Result<(), RegistryError> {
+        let target = self.generation_dir(generation);
+        if !target.is_dir() {
+            return Ok(());
+        }
+        let staging = self.create_staging_dir()?;
+        // The empty staging directory is replaced by the generation (rename onto an empty
+        // directory succeeds on Linux).
+        fs::rename(&target, &staging).map_err(io_err(&target))?;
+        fs::remove_dir_all(&staging).map_err(io_err(&staging))?;
+        tracing::info!(generation, registry = %self.root.display(), "discarded generation");
+        Ok(())
+    }
+
     /// Validates the manifest of a generation received from another registry.
     pub fn received_manifest(
         &self,
@@ -419,12 +437,9 @@ impl Registry {
         if target.is_dir() {
             let (_, stored) = self.load_verified(generation)?;
             if stored != manifest_bytes {
-                return Err(RegistryError::InvalidNewGeneration {
-                    root: self.root.clone(),
-                    reason: format!(
-                        "generation {generation} is already here with a different manifest \
-                         than the one received: the two registries disagree about it"
-                    ),
+                return Err(RegistryError::GenerationDiffers {
+                    path: target,
+                    generation,
                 });
             }
             return Ok(manifest);
@@ -454,12 +469,9 @@ impl Registry {
                 drop(guard);
                 let (_, stored) = self.load_verified(generation)?;
                 if stored != manifest_bytes {
-                    return Err(RegistryError::InvalidNewGeneration {
-                        root: self.root.clone(),
-                        reason: format!(
-                            "generation {generation} was installed meanwhile with a different \
-                             manifest than the one received"
-                        ),
+                    return Err(RegistryError::GenerationDiffers {
+                        path: target,
+                        generation,
                     });
                 }
                 Ok(manifest)

@@ -187,6 +187,27 @@ pub async fn mirror_once(
     if here.as_ref() == Some(&(generation, current.manifest_sha256.clone())) {
         return Ok(Some(generation));
     }
+    // A copy of that number with another manifest came from a source that has since started
+    // over (a new run numbers from 0 again): it is not this generation, so it goes.
+    let stale = {
+        let (registry, want) = (registry.clone(), current.manifest_sha256.clone());
+        blocking(move || match registry.manifest(generation) {
+            Ok((_, bytes)) => Ok(fsutil::sha256_bytes(&bytes) != want),
+            Err(RegistryError::NoSuchGeneration { .. }) => Ok(false),
+            // A copy that cannot be read is replaced too: this registry is only a cache.
+            Err(_) => Ok(true),
+        })
+        .await?
+    };
+    if stale {
+        tracing::warn!(
+            generation,
+            %url,
+            "the local copy of this generation differs from the source's: replacing it"
+        );
+        let registry = registry.clone();
+        blocking(move || registry.discard(generation)).await?;
+    }
     if !registry.generation_dir(generation).is_dir() {
         fetch_into(client, &registry, generation, &current.manifest_sha256, url)
             .await
