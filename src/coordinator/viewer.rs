@@ -15,9 +15,9 @@ use std::time::{Duration, Instant, SystemTime};
 
 use serde_json::{json, Value};
 
-use crate::domain::{print_reply, Domain, DomainKind};
+use crate::domain::{Domain, DomainKind};
 use crate::eval::NodeEvent;
-use crate::rpc::coordinator::AskReply;
+use crate::rpc::coordinator::{AskReply, TreeEvent};
 use crate::rpc::ServiceError;
 
 /// Viewer bounds.
@@ -276,38 +276,42 @@ impl<D: Domain + Copy> NodeLog for TypedLog<D> {
             events.kept[from..to].to_vec()
         };
         let next = since.min(usize::MAX - slice.len()) + slice.len();
-        let d = &self.domain;
+        // As an AskStream client receives them (the same text), with their time.
         let rendered = slice
             .into_iter()
-            .map(|(at, event)| match event {
-                NodeEvent::Opened {
-                    id,
-                    parent,
-                    depth,
-                    question,
-                } => json!({
-                    "type": "opened",
-                    "id": id,
-                    "parent": parent,
-                    "depth": depth,
-                    "question": d.print_question(&question),
-                    "at_ms": at.as_secs_f64() * 1e3,
-                }),
-                NodeEvent::Answered {
-                    id,
-                    answer,
-                    by,
-                    exhausted,
-                    elapsed,
-                } => json!({
-                    "type": "answered",
-                    "id": id,
-                    "answer": print_reply(d, &answer),
-                    "by": by.name(),
-                    "exhausted": exhausted.map(|e| e.name()),
-                    "elapsed_ms": elapsed.as_secs_f64() * 1e3,
-                    "at_ms": at.as_secs_f64() * 1e3,
-                }),
+            .filter_map(|(at, event)| {
+                let at_ms = at.as_secs_f64() * 1e3;
+                Some(match super::tree::tree_event(&self.domain, event) {
+                    TreeEvent::Opened {
+                        node,
+                        parent,
+                        depth,
+                        question,
+                    } => json!({
+                        "type": "opened",
+                        "id": node,
+                        "parent": parent,
+                        "depth": depth,
+                        "question": question,
+                        "at_ms": at_ms,
+                    }),
+                    TreeEvent::Answered {
+                        node,
+                        answer,
+                        by,
+                        exhausted,
+                        elapsed,
+                    } => json!({
+                        "type": "answered",
+                        "id": node,
+                        "answer": answer,
+                        "by": by.name(),
+                        "exhausted": exhausted.map(|e| e.name()),
+                        "elapsed_ms": elapsed.as_secs_f64() * 1e3,
+                        "at_ms": at_ms,
+                    }),
+                    TreeEvent::Done(_) => return None,
+                })
             })
             .collect();
         (rendered, next)
