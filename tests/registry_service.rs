@@ -60,22 +60,7 @@ async fn promoted_generations_are_copied_verified_and_corruption_is_refused() {
     let copy_dir = temp_dir("registry-copy");
     let source = Registry::open(&source_dir).unwrap();
 
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}", listener.local_addr().unwrap());
-    tokio::spawn(hch::server::serve_registry(
-        listener,
-        None,
-        source_dir.clone(),
-        None,
-        std::future::pending(),
-    ));
-    let channel = tonic::transport::Endpoint::from_shared(url.clone())
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
-    let mut client = pb::registry_client::RegistryClient::new(channel)
-        .max_decoding_message_size(2 * hch::registry::service::CHUNK_BYTES);
+    let (mut client, url) = serve(&source_dir).await;
 
     // Nothing promoted yet: nothing to copy, and the copy stays empty.
     let g0 = publish(&source, None, &weights(2_500_000, 0));

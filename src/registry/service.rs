@@ -159,22 +159,16 @@ pub async fn mirror_once(
     url: &str,
     local: &Path,
 ) -> Result<Option<u64>, MirrorError> {
-    let call = |status| MirrorError::Call {
-        url: url.to_string(),
-        status,
-    };
     let current = client
         .current(pb::CurrentRequest {})
         .await
-        .map_err(call)?
+        .map_err(|status| MirrorError::Call {
+            url: url.to_string(),
+            status,
+        })?
         .into_inner();
     let Some(generation) = current.generation else {
         return Ok(None);
-    };
-    let bad = |reason: String| MirrorError::Bad {
-        url: url.to_string(),
-        generation,
-        reason,
     };
     let registry = {
         let local = local.to_path_buf();
@@ -209,30 +203,12 @@ pub async fn mirror_once(
         blocking(move || registry.discard(generation)).await?;
     }
     if !registry.generation_dir(generation).is_dir() {
-        fetch_into(client, &registry, generation, &current.manifest_sha256, url)
-            .await
-            .map_err(|e| match e {
-                FetchError::Call(status) => call(status),
-                FetchError::Bad(reason) => bad(reason),
-                FetchError::Mirror(e) => e,
-            })?;
+        fetch_into(client, &registry, generation, &current.manifest_sha256, url).await?;
     }
     // Verified once more as a whole, then made current: the worker's reload loop takes it.
     let registry2 = registry.clone();
     blocking(move || registry2.promote(generation)).await?;
     Ok(Some(generation))
-}
-
-enum FetchError {
-    Call(Status),
-    Bad(String),
-    Mirror(MirrorError),
-}
-
-impl From<MirrorError> for FetchError {
-    fn from(e: MirrorError) -> Self {
-        FetchError::Mirror(e)
-    }
 }
 
 /// Streams generation `generation` into a staging directory of `registry` and installs it.
@@ -242,32 +218,39 @@ async fn fetch_into(
     generation: u64,
     manifest_sha256: &str,
     url: &str,
-) -> Result<(), FetchError> {
+) -> Result<(), MirrorError> {
     use pb::fetch_chunk::Part;
+    let call = |status| MirrorError::Call {
+        url: url.to_string(),
+        status,
+    };
+    let bad = |reason: String| MirrorError::Bad {
+        url: url.to_string(),
+        generation,
+        reason,
+    };
     let mut stream = client
         .fetch(pb::FetchRequest { generation })
         .await
-        .map_err(FetchError::Call)?
+        .map_err(call)?
         .into_inner();
-    let manifest_bytes = match stream.message().await.map_err(FetchError::Call)? {
+    let manifest_bytes = match stream.message().await.map_err(call)? {
         Some(pb::FetchChunk {
             part: Some(Part::Manifest(bytes)),
         }) => bytes,
         other => {
-            return Err(FetchError::Bad(format!(
+            return Err(bad(format!(
                 "the stream did not start with the manifest (got {other:?})"
             )))
         }
     };
     let actual = fsutil::sha256_bytes(&manifest_bytes);
     if actual != manifest_sha256 {
-        return Err(FetchError::Bad(format!(
+        return Err(bad(format!(
             "its manifest has sha256 {actual}, but the source's CURRENT records {manifest_sha256}"
         )));
     }
-    let manifest = registry
-        .received_manifest(generation, &manifest_bytes)
-        .map_err(|e| FetchError::Mirror(e.into()))?;
+    let manifest = registry.received_manifest(generation, &manifest_bytes)?;
     let staging = {
         let registry = registry.clone();
         blocking(move || registry.stage()).await?
@@ -287,15 +270,15 @@ async fn fetch_into(
     });
     let mut received: u64 = 0;
     let streamed = async {
-        while let Some(chunk) = stream.message().await.map_err(FetchError::Call)? {
+        while let Some(chunk) = stream.message().await.map_err(call)? {
             let Some(Part::Weights(bytes)) = chunk.part else {
-                return Err(FetchError::Bad(
+                return Err(bad(
                     "a second manifest (or an empty message) in the weights".to_string(),
                 ));
             };
             received += bytes.len() as u64;
             if received > manifest.weights_bytes {
-                return Err(FetchError::Bad(format!(
+                return Err(bad(format!(
                     "more weights than the manifest's {} bytes",
                     manifest.weights_bytes
                 )));
@@ -312,7 +295,7 @@ async fn fetch_into(
         .await
         .unwrap_or_else(|e| Err(std::io::Error::other(e.to_string())));
     streamed?;
-    written.map_err(|source| FetchError::Mirror(MirrorError::Io { path, source }))?;
+    written.map_err(|source| MirrorError::Io { path, source })?;
     tracing::info!(generation, %url, bytes = received, "received generation");
     let registry = registry.clone();
     blocking(move || registry.install_staged(staging, generation, &manifest_bytes)).await?;
