@@ -95,8 +95,8 @@ impl SamplerSetting {
 pub struct Settings {
     /// The collector's OTLP/gRPC endpoint, `http://host:4317`.
     pub endpoint: String,
-    /// `service.name`, unless `OTEL_SERVICE_NAME` or `OTEL_RESOURCE_ATTRIBUTES` names it (the SDK
-    /// reads both).
+    /// The `service.name` to give; `None` when `OTEL_SERVICE_NAME` or `OTEL_RESOURCE_ATTRIBUTES`
+    /// names the service (the SDK reads both).
     pub default_service: Option<String>,
     pub sampler: SamplerSetting,
 }
@@ -152,9 +152,14 @@ impl Settings {
             }
         }
         let sampler = sampler_from(set("OTEL_TRACES_SAMPLER"), set("OTEL_TRACES_SAMPLER_ARG"))?;
+        let named = set("OTEL_SERVICE_NAME").is_some()
+            || set("OTEL_RESOURCE_ATTRIBUTES").is_some_and(|v| {
+                v.split(',')
+                    .any(|kv| kv.trim().starts_with("service.name="))
+            });
         Ok(Some(Settings {
             endpoint,
-            default_service: Some(default_service.to_string()),
+            default_service: (!named).then(|| default_service.to_string()),
             sampler,
         }))
     }
@@ -319,13 +324,8 @@ impl Otel {
             endpoint: settings.endpoint.clone(),
             stats: stats.clone(),
         };
-        let named = std::env::var_os("OTEL_SERVICE_NAME").is_some_and(|v| !v.is_empty())
-            || std::env::var("OTEL_RESOURCE_ATTRIBUTES").is_ok_and(|v| {
-                v.split(',')
-                    .any(|kv| kv.trim().starts_with("service.name="))
-            });
         let mut resource = Resource::builder();
-        if let (false, Some(name)) = (named, &settings.default_service) {
+        if let Some(name) = &settings.default_service {
             resource = resource.with_service_name(name.clone());
         }
         let provider = SdkTracerProvider::builder()
@@ -556,6 +556,18 @@ mod tests {
             .unwrap();
         assert_eq!(on.endpoint, "http://collector:4317");
         assert_eq!(on.sampler, SamplerSetting::default());
+        assert_eq!(on.default_service.as_deref(), Some("hch-test"));
+        // A service named by the environment is left to the SDK.
+        for named in [
+            ("OTEL_SERVICE_NAME", "mine"),
+            (
+                "OTEL_RESOURCE_ATTRIBUTES",
+                "k8s.pod.name=p, service.name=mine",
+            ),
+        ] {
+            let s = settings(&[("OTEL_EXPORTER_OTLP_ENDPOINT", "http://c:4317"), named]);
+            assert_eq!(s.unwrap().unwrap().default_service, None, "{named:?}");
+        }
         // The traces-only variable wins; OTEL_SDK_DISABLED and exporter none turn it off.
         let both = settings(&[
             ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://a:4317"),
