@@ -81,17 +81,13 @@ impl ServingArgs {
         if let (Some(url), Some(cache), Some(domain)) =
             (&self.registry_url, &self.registry_cache, self.domain)
         {
-            let tls = match &self.registry_tls_ca {
-                Some(ca) => Some(ClientTls::load(ClientTlsFiles {
-                    ca: ca.clone(),
-                    identity: self
-                        .registry_tls_cert
-                        .clone()
-                        .zip(self.registry_tls_key.clone()),
-                    server_name: self.registry_tls_name.clone(),
-                })?),
-                None => None,
-            };
+            let tls = client_tls(
+                self.registry_tls_ca.as_ref(),
+                self.registry_tls_cert
+                    .as_ref()
+                    .zip(self.registry_tls_key.as_ref()),
+                self.registry_tls_name.as_ref(),
+            )?;
             let endpoint = crate::tls::endpoint(url).map_err(anyhow::Error::msg)?;
             return Ok(Serving::Mirror {
                 url: url.clone(),
@@ -154,24 +150,55 @@ pub struct ServerTlsArgs {
 
 impl ServerTlsArgs {
     fn load(&self, client_cert_required: bool) -> Result<Option<Arc<ServerTls>>> {
-        let (Some(cert), Some(key)) = (&self.tls_cert, &self.tls_key) else {
-            return Ok(None);
-        };
-        let client_auth = match (&self.tls_client_ca, client_cert_required) {
-            (None, false) => ClientAuth::None,
-            (None, true) => bail!(
-                "a worker or registry over TLS needs --tls-client-ca: only callers with a \
-                 certificate from that CA (coordinators, workers, the trainer) may call it"
-            ),
-            (Some(ca), false) => ClientAuth::Optional(ca.clone()),
-            (Some(ca), true) => ClientAuth::Required(ca.clone()),
-        };
-        Ok(Some(ServerTls::load(ServerTlsFiles {
-            cert: cert.clone(),
-            key: key.clone(),
-            client_auth,
-        })?))
+        server_tls(
+            self.tls_cert.as_ref().zip(self.tls_key.as_ref()),
+            self.tls_client_ca.as_ref(),
+            client_cert_required,
+        )
     }
+}
+
+/// A server's TLS from its certificate and key (`None`: plain TCP), verifying clients against
+/// `client_ca`; `client_cert_required` makes a certificate from it a condition of every call.
+pub(super) fn server_tls(
+    identity: Option<(&PathBuf, &PathBuf)>,
+    client_ca: Option<&PathBuf>,
+    client_cert_required: bool,
+) -> Result<Option<Arc<ServerTls>>> {
+    let Some((cert, key)) = identity else {
+        return Ok(None);
+    };
+    let client_auth = match (client_ca, client_cert_required) {
+        (None, false) => ClientAuth::None,
+        (None, true) => bail!(
+            "a worker or registry over TLS needs --tls-client-ca: only callers with a \
+             certificate from that CA (coordinators, workers, the trainer) may call it"
+        ),
+        (Some(ca), false) => ClientAuth::Optional(ca.clone()),
+        (Some(ca), true) => ClientAuth::Required(ca.clone()),
+    };
+    Ok(Some(ServerTls::load(ServerTlsFiles {
+        cert: cert.clone(),
+        key: key.clone(),
+        client_auth,
+    })?))
+}
+
+/// A client's TLS, trusting servers under `ca` (`None`: plain TCP), presenting `identity`
+/// (certificate, key) for mutual TLS, and verifying servers as `server_name` if given.
+fn client_tls(
+    ca: Option<&PathBuf>,
+    identity: Option<(&PathBuf, &PathBuf)>,
+    server_name: Option<&String>,
+) -> Result<Option<Arc<ClientTls>>> {
+    let Some(ca) = ca else {
+        return Ok(None);
+    };
+    Ok(Some(ClientTls::load(ClientTlsFiles {
+        ca: ca.clone(),
+        identity: identity.map(|(c, k)| (c.clone(), k.clone())),
+        server_name: server_name.cloned(),
+    })?))
 }
 
 #[derive(Args, Debug)]
@@ -302,29 +329,18 @@ impl CoordinatorArgs {
             (None, false) => WorkerSource::Static(self.peers.clone()),
             (None, true) => return Ok(None),
         };
-        let tls = match &self.peer_tls_ca {
-            Some(ca) => Some(ClientTls::load(ClientTlsFiles {
-                ca: ca.clone(),
-                identity: None,
-                server_name: self.peer_tls_name.clone(),
-            })?),
-            None => None,
-        };
+        let tls = client_tls(self.peer_tls_ca.as_ref(), None, self.peer_tls_name.as_ref())?;
         Ok(Some(PeerConfig::new(source, tls)))
     }
 
     fn worker_tls(&self) -> Result<Option<Arc<ClientTls>>> {
-        let Some(ca) = &self.worker_tls_ca else {
-            return Ok(None);
-        };
-        Ok(Some(ClientTls::load(ClientTlsFiles {
-            ca: ca.clone(),
-            identity: self
-                .worker_tls_cert
-                .clone()
-                .zip(self.worker_tls_key.clone()),
-            server_name: self.worker_tls_name.clone(),
-        })?))
+        client_tls(
+            self.worker_tls_ca.as_ref(),
+            self.worker_tls_cert
+                .as_ref()
+                .zip(self.worker_tls_key.as_ref()),
+            self.worker_tls_name.as_ref(),
+        )
     }
 }
 

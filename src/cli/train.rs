@@ -538,17 +538,12 @@ pub async fn train(args: TrainArgs) -> Result<()> {
             }
             None => None,
         };
-        let registry_tls = match (&args.registry_tls_cert, &args.registry_tls_key) {
-            (Some(cert), Some(key)) => Some(crate::tls::ServerTls::load(crate::tls::ServerTlsFiles {
-                cert: cert.clone(),
-                key: key.clone(),
-                client_auth: match &args.registry_tls_client_ca {
-                    Some(ca) => crate::tls::ClientAuth::Required(ca.clone()),
-                    None => bail!("--registry-tls-cert needs --registry-tls-client-ca"),
-                },
-            })?),
-            _ => None,
-        };
+        // Like `hch registry serve`: callers must show the cluster CA's certificates.
+        let registry_tls = super::serve::server_tls(
+            args.registry_tls_cert.as_ref().zip(args.registry_tls_key.as_ref()),
+            args.registry_tls_client_ca.as_ref(),
+            true,
+        )?;
         let _registry = match args.serve_registry {
             Some(listen) => {
                 Some(serve_run_registry(listen, run.registry().root(), registry_tls).await?)
