@@ -205,17 +205,16 @@ fn serving(views: &[View], ip: &str, generation: Option<u64>) -> bool {
     })
 }
 
-async fn connect(addr: &str, ca: &Path) -> Client {
+/// A client of the coordinator published at `addr`, over TLS as a user outside the cluster.
+async fn connect(addr: &str, ca: &Path) -> Result<Client, tonic::transport::Error> {
     let tls = hch::tls::ClientTls::load(hch::tls::ClientTlsFiles {
         ca: ca.to_path_buf(),
         identity: None,
         server_name: Some("hch-coordinator.hch.svc".into()),
     })
     .unwrap();
-    let channel = hch::tls::connect(hch::tls::endpoint(addr).unwrap(), Some(tls))
-        .await
-        .unwrap();
-    pb::coordinator_client::CoordinatorClient::new(channel)
+    let channel = hch::tls::connect(hch::tls::endpoint(addr).unwrap(), Some(tls)).await?;
+    Ok(pb::coordinator_client::CoordinatorClient::new(channel))
 }
 
 /// Each coordinator's view of its workers: address -> (healthy, items sent, generation).
@@ -424,15 +423,9 @@ async fn the_deployment_rehearsed_with_containers() {
     for addr in &addresses {
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
-            let tls = hch::tls::ClientTls::load(hch::tls::ClientTlsFiles {
-                ca: ca.clone(),
-                identity: None,
-                server_name: Some("hch-coordinator.hch.svc".into()),
-            })
-            .unwrap();
-            match hch::tls::connect(hch::tls::endpoint(addr).unwrap(), Some(tls)).await {
-                Ok(channel) => {
-                    clients.push(pb::coordinator_client::CoordinatorClient::new(channel));
+            match connect(addr, &ca).await {
+                Ok(client) => {
+                    clients.push(client);
                     break;
                 }
                 Err(e) => {
@@ -470,8 +463,8 @@ async fn the_deployment_rehearsed_with_containers() {
     for c in 0..4u64 {
         let (stop, tally, token) = (stop.clone(), tally.clone(), token.clone());
         let mut mine = [
-            connect(&addresses[0], &ca).await,
-            connect(&addresses[1], &ca).await,
+            connect(&addresses[0], &ca).await.unwrap(),
+            connect(&addresses[1], &ca).await.unwrap(),
         ];
         askers.push(tokio::spawn(async move {
             let mut seed = c * 1_000_000;
