@@ -234,7 +234,6 @@ fn sampler_from(sampler: Option<String>, arg: Option<String>) -> Result<SamplerS
 pub struct ExportStats {
     pub exported_spans: AtomicU64,
     pub failed_spans: AtomicU64,
-    pub failed_exports: AtomicU64,
     last_warning: Mutex<Option<Instant>>,
 }
 
@@ -257,7 +256,6 @@ impl SpanExporter for Counted {
             }
             Err(error) => {
                 let lost = stats.failed_spans.fetch_add(spans, Ordering::Relaxed) + spans;
-                stats.failed_exports.fetch_add(1, Ordering::Relaxed);
                 let mut last = stats.last_warning.lock().unwrap_or_else(|p| p.into_inner());
                 if !matches!(*last, Some(t) if t.elapsed() < Duration::from_secs(60)) {
                     *last = Some(Instant::now());

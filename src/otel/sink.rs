@@ -45,20 +45,18 @@ impl ReceivedSpan {
     }
 }
 
-#[derive(Default)]
 struct Inner {
     keep: bool,
     spans: Mutex<Vec<ReceivedSpan>>,
     received: AtomicU64,
     /// Bumped on every export, so waiters wake.
-    exports: Option<watch::Sender<u64>>,
+    exports: watch::Sender<u64>,
 }
 
 /// The receiver's state; clones share it.
 #[derive(Clone)]
 pub struct Sink {
     inner: Arc<Inner>,
-    exports: watch::Receiver<u64>,
 }
 
 impl Sink {
@@ -73,14 +71,13 @@ impl Sink {
     }
 
     fn new(keep: bool) -> Self {
-        let (tx, rx) = watch::channel(0);
         Self {
             inner: Arc::new(Inner {
                 keep,
-                exports: Some(tx),
-                ..Inner::default()
+                spans: Mutex::new(Vec::new()),
+                received: AtomicU64::new(0),
+                exports: watch::Sender::new(0),
             }),
-            exports: rx,
         }
     }
 
@@ -140,16 +137,16 @@ impl Sink {
         timeout: Duration,
         done: impl Fn(&[ReceivedSpan]) -> bool,
     ) -> Result<Vec<ReceivedSpan>, Vec<ReceivedSpan>> {
-        let mut exports = self.exports.clone();
+        // Subscribed before the first look, so no export between a look and the wait is missed.
+        let mut exports = self.inner.exports.subscribe();
         let wait = async {
             loop {
                 let spans = self.spans();
                 if done(&spans) {
                     return spans;
                 }
-                if exports.changed().await.is_err() {
-                    std::future::pending::<()>().await;
-                }
+                // The sender lives as long as `self`: this only returns on a new export.
+                let _ = exports.changed().await;
             }
         };
         tokio::time::timeout(timeout, wait)
@@ -213,9 +210,7 @@ impl TraceService for Sink {
                 .extend(received);
         }
         self.inner.received.fetch_add(count, Ordering::Relaxed);
-        if let Some(tx) = &self.inner.exports {
-            tx.send_modify(|n| *n += 1);
-        }
+        self.inner.exports.send_modify(|n| *n += 1);
         Ok(tonic::Response::new(ExportTraceServiceResponse {
             partial_success: None,
         }))
