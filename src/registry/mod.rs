@@ -364,32 +364,6 @@ impl Registry {
         self.read_manifest(generation)
     }
 
-    /// Installs a generation copied from another registry, under its own number: its manifest
-    /// as the source stored it, and its weights, written by `write_weights` into a staging
-    /// directory. The weights must have the manifest's size and SHA-256, or nothing is installed
-    /// and the error names what differs; as with [`Registry::publish`], a crash leaves either no
-    /// generation or a complete one. A generation already here is verified and kept, and must
-    /// be the same (the same manifest bytes). Returns the manifest.
-    pub fn install<E, F>(
-        &self,
-        generation: u64,
-        manifest_bytes: &[u8],
-        write_weights: F,
-    ) -> Result<Manifest, RegistryError>
-    where
-        E: fmt::Display,
-        F: FnOnce(&Path) -> Result<(), E>,
-    {
-        let manifest = self.received_manifest(generation, manifest_bytes)?;
-        let staging = self.stage()?;
-        let weights_path = staging.path().join(&manifest.weights_file);
-        write_weights(&weights_path).map_err(|e| RegistryError::WeightsWriter {
-            path: weights_path.clone(),
-            reason: e.to_string(),
-        })?;
-        self.install_staged(staging, generation, manifest_bytes)
-    }
-
     /// Removes a generation, for a copy whose source replaced it (a trainer whose run started
     /// over numbers its generations from 0 again). Moved aside under a staging name first, so no
     /// reader sees it half removed, and a crash leaves only what [`Registry::open`] cleans up.
@@ -425,7 +399,13 @@ impl Registry {
         Ok(Staging(StagingGuard { path, armed: true }))
     }
 
-    /// [`Registry::install`] of weights already written into `staging`.
+    /// Installs a generation copied from another registry, under its own number: its manifest
+    /// as the source stored it (`manifest_bytes`), and its weights, already written into
+    /// `staging` (from [`Registry::stage`]) under the manifest's file name. The weights must
+    /// have the manifest's size and SHA-256, or nothing is installed and the error names what
+    /// differs; as with [`Registry::publish`], a crash leaves either no generation or a complete
+    /// one. A generation already here is verified and kept if it is the same (the same manifest
+    /// bytes), and is [`RegistryError::GenerationDiffers`] otherwise. Returns the manifest.
     pub fn install_staged(
         &self,
         staging: Staging,
