@@ -182,6 +182,121 @@ async fn model_answerer_answers_batches() {
     let _: Arc<Instance<_>> = examples[0].instance.clone();
 }
 
+/// The encoding cache changes nothing but speed: a batch's logits are the same to the last bit
+/// whether its instances' encodings come from the cache, are computed now, or are computed now and
+/// thrown away; a cache too small for the batch (evicting while it runs) changes nothing either.
+/// The batch mixes instance sizes (encodings of different lengths, padded in the decoder) and
+/// questions per instance; its answers agree with the training path's forward pass.
+#[test]
+fn cached_encodings_give_bit_identical_logits() {
+    use hch::domain::wildcard::Wildcard;
+    use hch::domain::Domain;
+    use hch::model::cache::EncodingCache;
+    use hch::rng::Rng;
+
+    let model = small_trained_model();
+    let domain = Wildcard;
+    let mut rng = Rng::new(3);
+    let instances: Vec<Arc<Instance<Wildcard>>> = [6usize, 6, 12, 64, 30, 6, 64]
+        .iter()
+        .enumerate()
+        .map(|(seed, &size)| Instance::generate(&domain, size, 100 + seed as u64).unwrap())
+        .collect();
+    // 1 to 7 questions per instance, interleaved.
+    let mut owned = Vec::new();
+    for round in 0..7 {
+        for (i, instance) in instances.iter().enumerate() {
+            if round <= i {
+                owned.push((
+                    instance.clone(),
+                    domain.sample_question(instance.facts(), &mut rng),
+                ));
+            }
+        }
+    }
+    let queries: Vec<_> = owned.iter().map(|(i, q)| (i, q)).collect();
+    let bits = |t: &tch::Tensor| -> Vec<u32> {
+        Vec::<f32>::try_from(t.flatten(0, -1))
+            .unwrap()
+            .iter()
+            .map(|x| x.to_bits())
+            .collect()
+    };
+
+    let mut cache = EncodingCache::new(64 << 20);
+    let cold = bits(&model.logits_cached(&queries, &mut cache));
+    assert_eq!(cache.len(), instances.len());
+    let (hits, misses, ..) = cache.stats().read();
+    assert_eq!((hits, misses), (0, instances.len() as u64));
+    let warm = bits(&model.logits_cached(&queries, &mut cache));
+    let (hits, misses, ..) = cache.stats().read();
+    assert_eq!(
+        (hits, misses),
+        (instances.len() as u64, instances.len() as u64)
+    );
+    assert_eq!(
+        cold, warm,
+        "logits from cached encodings differ from fresh ones"
+    );
+
+    let mut none = EncodingCache::new(0);
+    assert_eq!(bits(&model.logits_cached(&queries, &mut none)), cold);
+    assert!(none.is_empty());
+
+    // Room for about two instances: the batch evicts its own early instances while it runs.
+    let one = {
+        let mut probe = EncodingCache::new(usize::MAX);
+        let _ = model.logits_cached(&queries[..1], &mut probe);
+        probe.bytes()
+    };
+    let mut tight = EncodingCache::new(one * 5 / 2);
+    let partial: Vec<_> = queries.iter().step_by(3).copied().collect();
+    let _ = model.logits_cached(&partial, &mut tight);
+    assert_eq!(bits(&model.logits_cached(&queries, &mut tight)), cold);
+    assert!(tight.bytes() <= tight.budget() && tight.len() < instances.len());
+    assert!(tight.stats().read().2 > 0, "the tight cache never evicted");
+
+    // The training path (all instances encoded together, padded) agrees up to rounding.
+    let forward = tch::no_grad(|| model.logits(&model.encode(&queries)));
+    let cached = model.logits_cached(&queries, &mut cache);
+    let gap = (&forward - &cached).abs().max().double_value(&[]);
+    assert!(gap < 1e-4, "cached and training logits differ by {gap}");
+    assert_eq!(
+        model.predict_cached(&queries, &mut cache),
+        model.predict(&queries)
+    );
+
+    // The decoder's two other ways: many questions per instance, interleaved (each instance's
+    // questions attend to its keys in place), and one instance alone.
+    for shape in [&[(0usize, 20usize), (3, 17)][..], &[(3, 5)]] {
+        let mut owned = Vec::new();
+        for round in 0..20 {
+            for &(i, n) in shape {
+                if round < n {
+                    let instance = &instances[i];
+                    owned.push((
+                        instance.clone(),
+                        domain.sample_question(instance.facts(), &mut rng),
+                    ));
+                }
+            }
+        }
+        let queries: Vec<_> = owned.iter().map(|(i, q)| (i, q)).collect();
+        let mut fresh = EncodingCache::new(0);
+        let cold = bits(&model.logits_cached(&queries, &mut fresh));
+        assert_eq!(bits(&model.logits_cached(&queries, &mut cache)), cold);
+        let forward = tch::no_grad(|| model.logits(&model.encode(&queries)));
+        let gap = (&forward - &model.logits_cached(&queries, &mut cache))
+            .abs()
+            .max()
+            .double_value(&[]);
+        assert!(
+            gap < 1e-4,
+            "{shape:?}: cached and training logits differ by {gap}"
+        );
+    }
+}
+
 mod generations {
     use super::*;
     use hch::model::generation::{self, GenerationError};

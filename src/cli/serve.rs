@@ -70,6 +70,10 @@ pub struct ServingArgs {
     /// Instances a worker keeps per domain.
     #[arg(long, default_value_t = WorkerConfig::default().facts_cache)]
     facts_cache: usize,
+    /// MiB of encoded facts a model worker keeps (on the model's device), so that questions
+    /// about an instance it has seen run the question decoder alone; 0 keeps none.
+    #[arg(long, default_value_t = WorkerConfig::default().encoding_cache_bytes >> 20)]
+    encoding_cache_mib: usize,
     /// libtorch threads (0: one per core).
     #[arg(long, default_value_t = 0)]
     threads: usize,
@@ -126,6 +130,7 @@ impl ServingArgs {
                 queue_capacity: self.queue.max(1),
             },
             facts_cache: self.facts_cache.max(1),
+            encoding_cache_bytes: self.encoding_cache_mib.saturating_mul(1 << 20),
             threads: self.threads,
             ..WorkerConfig::default()
         }

@@ -1,5 +1,6 @@
-//! A model behind the [`Answerer`] interface: one forward pass per batch, facts encoded once per
-//! distinct instance in the batch. Inference runs on tokio's blocking pool so that a forward pass
+//! A model behind the [`Answerer`] interface: one forward pass per batch, each instance's facts
+//! encoded once and kept in an [`EncodingCache`] (the weights of an answerer never change, so
+//! neither do the encodings; a new generation gets a new answerer). Inference runs on tokio's blocking pool so that a forward pass
 //! never stalls the tasks evaluating trees. libtorch tensors are `Send` but not `Sync`, so the
 //! model sits behind a mutex: forward passes on one model are serial, and each uses libtorch's
 //! intra-op threads (batching, not concurrency, is the lever).
@@ -8,14 +9,22 @@ use std::sync::{Arc, Mutex};
 
 use futures::future::BoxFuture;
 
+use super::cache::{CacheStats, EncodingCache, DEFAULT_BUDGET_BYTES};
 use super::Model;
 use crate::answerer::{AnswerError, Answerer, AnswererId, Answers, Query};
 use crate::domain::Domain;
 
 pub struct ModelAnswerer<D: Domain> {
-    model: Arc<Mutex<Model<D>>>,
+    served: Arc<Mutex<Served<D>>>,
+    cache_stats: Arc<CacheStats>,
     id: AnswererId,
     one_by_one: bool,
+}
+
+/// The model and the encodings of its instances, locked together: a forward pass needs both.
+struct Served<D: Domain> {
+    model: Model<D>,
+    cache: EncodingCache,
 }
 
 impl<D: Domain> ModelAnswerer<D> {
@@ -23,8 +32,21 @@ impl<D: Domain> ModelAnswerer<D> {
     /// generation's is [`AnswererId::model`] (see `generation::LoadedModel::answerer_id`), weights
     /// still in training are [`AnswererId::student`].
     pub fn new(model: Model<D>, id: AnswererId) -> Self {
+        Self::with_cache(model, id, DEFAULT_BUDGET_BYTES, Arc::default())
+    }
+
+    /// An answerer whose encoding cache holds at most `cache_bytes` (0: none is kept) and counts
+    /// into `stats`.
+    pub fn with_cache(
+        model: Model<D>,
+        id: AnswererId,
+        cache_bytes: usize,
+        stats: Arc<CacheStats>,
+    ) -> Self {
+        let cache = EncodingCache::with_stats(cache_bytes, stats);
         Self {
-            model: Arc::new(Mutex::new(model)),
+            cache_stats: cache.stats().clone(),
+            served: Arc::new(Mutex::new(Served { model, cache })),
             id,
             one_by_one: false,
         }
@@ -41,9 +63,9 @@ impl<D: Domain> ModelAnswerer<D> {
         }
     }
 
-    /// The model, for callers that need it directly (evaluation, saving).
-    pub fn model(&self) -> &Arc<Mutex<Model<D>>> {
-        &self.model
+    /// The encoding cache's counters.
+    pub fn cache_stats(&self) -> &Arc<CacheStats> {
+        &self.cache_stats
     }
 }
 
@@ -53,16 +75,20 @@ impl<D: Domain + Clone> Answerer<D> for ModelAnswerer<D> {
     }
 
     fn answer(&self, batch: Vec<Query<D>>) -> BoxFuture<'_, Answers<D::Answer>> {
-        let model = self.model.clone();
+        let served = self.served.clone();
         let one_by_one = self.one_by_one;
         Box::pin(async move {
             tokio::task::spawn_blocking(move || {
                 let queries: Vec<_> = batch.iter().map(|q| (&q.instance, &q.question)).collect();
-                let model = model.lock().unwrap_or_else(|p| p.into_inner());
+                let mut served = served.lock().unwrap_or_else(|p| p.into_inner());
+                let Served { model, cache } = &mut *served;
                 if one_by_one {
-                    queries.iter().flat_map(|q| model.predict(&[*q])).collect()
+                    queries
+                        .iter()
+                        .flat_map(|q| model.predict_cached(&[*q], cache))
+                        .collect()
                 } else {
-                    model.predict(&queries)
+                    model.predict_cached(&queries, cache)
                 }
             })
             .await

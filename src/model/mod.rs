@@ -4,6 +4,8 @@
 //!   domain on load.
 //! - [`net`]: the tch network: a transformer over the facts, computed once per distinct instance in
 //!   a batch, and a question decoder that cross-attends to them.
+//! - [`cache`]: the serving side's encoding cache: each instance's facts encoded once per model,
+//!   so that batches about known instances run the question decoder alone.
 //! - [`Model`]: network + weights + device; encodes batches of (instance, question) pairs, predicts,
 //!   saves and loads safetensors.
 //! - [`answerer`]: [`ModelAnswerer`](answerer::ModelAnswerer), the model behind the
@@ -14,6 +16,7 @@
 //! CPU is the default; CUDA is used when libtorch has it and a GPU is present ([`pick_device`]).
 
 pub mod answerer;
+pub mod cache;
 pub mod config;
 pub mod distill;
 pub mod generation;
@@ -25,8 +28,9 @@ use std::sync::Arc;
 use tch::{nn, Device, Kind, Tensor};
 
 use crate::domain::{Domain, Instance, InstanceId};
+use cache::EncodingCache;
 use config::ModelConfig;
-use net::{Batch, Net};
+use net::{Batch, Encoded, Net};
 
 /// Errors of building, running, saving or loading a model.
 #[derive(Debug, thiserror::Error)]
@@ -73,9 +77,16 @@ impl<D: Domain> Model<D> {
         seed: u64,
     ) -> Result<Self, ModelError> {
         config.check_for(&domain).map_err(ModelError::Config)?;
-        tch::manual_seed(seed as i64);
-        let vs = nn::VarStore::new(device);
-        let net = Net::new(&vs.root(), &config);
+        // libtorch's random generator is global: two models made at once on two threads would
+        // draw from it in turns, and neither would get the weights its seed determines.
+        static INIT: std::sync::Mutex<()> = std::sync::Mutex::new(());
+        let (vs, net) = {
+            let _init = INIT.lock().unwrap_or_else(|p| p.into_inner());
+            tch::manual_seed(seed as i64);
+            let vs = nn::VarStore::new(device);
+            let net = Net::new(&vs.root(), &config);
+            (vs, net)
+        };
         Ok(Self {
             domain,
             config,
@@ -250,9 +261,85 @@ impl<D: Domain> Model<D> {
         if queries.is_empty() {
             return Vec::new();
         }
+        let logits = tch::no_grad(|| self.logits(&self.encode(queries)));
+        self.answers(&logits)
+    }
+
+    /// Answers a batch as [`predict`](Self::predict) does, taking each instance's encoded facts
+    /// from `cache` (encoding and keeping those it lacks), so that a batch about known instances
+    /// runs the question decoder alone. The logits do not depend on what the cache held (see
+    /// [`cache`]); they may differ from `predict`'s in the last bits, since `predict` encodes the
+    /// batch's instances together.
+    pub fn predict_cached(
+        &self,
+        queries: &[(&Arc<Instance<D>>, &D::Question)],
+        cache: &mut EncodingCache,
+    ) -> Vec<Option<D::Answer>> {
+        if queries.is_empty() {
+            return Vec::new();
+        }
+        let logits = self.logits_cached(queries, cache);
+        self.answers(&logits)
+    }
+
+    /// The logits [B, answer_classes] of [`predict_cached`](Self::predict_cached).
+    pub fn logits_cached(
+        &self,
+        queries: &[(&Arc<Instance<D>>, &D::Question)],
+        cache: &mut EncodingCache,
+    ) -> Tensor {
+        tch::no_grad(|| {
+            let device = self.device();
+            let mut ids: Vec<InstanceId> = Vec::new();
+            let mut encoded: Vec<Encoded> = Vec::new();
+            let mut instance_of = Vec::with_capacity(queries.len());
+            for (instance, _) in queries {
+                let id = instance.id();
+                let idx = match ids.iter().position(|known| *known == id) {
+                    Some(i) => i,
+                    None => {
+                        let e = match cache.get(&id) {
+                            Some(e) => e,
+                            None => {
+                                let tokens: Vec<i64> = self
+                                    .domain
+                                    .encode_facts(instance.facts())
+                                    .into_iter()
+                                    .map(i64::from)
+                                    .collect();
+                                let w = D::FACT_WIDTH as i64;
+                                let facts = Tensor::from_slice(&tokens)
+                                    .view([1, tokens.len() as i64 / w, w])
+                                    .to_device(device);
+                                let e = self.net.encode_instance(&facts);
+                                cache.insert(id, &e);
+                                e
+                            }
+                        };
+                        ids.push(id);
+                        encoded.push(e);
+                        ids.len() - 1
+                    }
+                };
+                instance_of.push(idx as i64);
+            }
+            let questions: Vec<i64> = queries
+                .iter()
+                .flat_map(|(_, q)| self.domain.encode_question(q))
+                .map(i64::from)
+                .collect();
+            let questions = Tensor::from_slice(&questions)
+                .view([queries.len() as i64, D::QUESTION_WIDTH as i64])
+                .to_device(device);
+            self.net.decode(&questions, &encoded, &instance_of)
+        })
+    }
+
+    /// Logits to answers: the most likely class, or `None` below `unknown_below` or outside the
+    /// answer vocabulary.
+    fn answers(&self, logits: &Tensor) -> Vec<Option<D::Answer>> {
         let (classes, confidence) = tch::no_grad(|| {
-            let batch = self.encode(queries);
-            let probs = self.logits(&batch).softmax(-1, Kind::Float);
+            let probs = logits.softmax(-1, Kind::Float);
             let (conf, class) = probs.max_dim(-1, false);
             (
                 Vec::<i64>::try_from(class.to_device(Device::Cpu)).unwrap_or_default(),

@@ -42,19 +42,65 @@ impl Attention {
 
     /// `x` [B, Lq, d] attends to `kv` [B, Lk, d]; `pad` [B, Lk] is true where keys are padding.
     fn forward(&self, x: &Tensor, kv: &Tensor, pad: &Tensor) -> Tensor {
+        let (k, v) = self.keys_values(kv);
+        self.attend(x, &k, &v, Some(pad))
+    }
+
+    /// The key and value projections of `kv` [B, Lk, d], split into heads: [B, h, Lk, d/h] each.
+    fn keys_values(&self, kv: &Tensor) -> (Tensor, Tensor) {
+        let (b, lk, d) = kv.size3().expect("attention keys are [B, L, d]");
+        let split = |t: Tensor| t.view([b, lk, self.heads, d / self.heads]).transpose(1, 2);
+        (split(self.k.forward(kv)), split(self.v.forward(kv)))
+    }
+
+    /// `x` [B, Lq, d] attends to projected keys and values `k`, `v` [B, h, Lk, d/h]; `pad`
+    /// [B, Lk] is true where keys are padding (`None`: there is none).
+    fn attend(&self, x: &Tensor, k: &Tensor, v: &Tensor, pad: Option<&Tensor>) -> Tensor {
         let (b, lq, d) = x.size3().expect("attention query is [B, L, d]");
-        let lk = kv.size()[1];
+        let lk = k.size()[2];
         let h = self.heads;
         let dh = d / h;
-        let split = |t: Tensor, l: i64| t.view([b, l, h, dh]).transpose(1, 2);
-        let q = split(self.q.forward(x), lq);
-        let k = split(self.k.forward(kv), lk);
-        let v = split(self.v.forward(kv), lk);
-        let scores = q.matmul(&k.transpose(-2, -1)) / (dh as f64).sqrt();
-        let scores = scores.masked_fill(&pad.view([b, 1, 1, lk]), f64::NEG_INFINITY);
-        let out = scores.softmax(-1, Kind::Float).matmul(&v);
+        let q = self.q.forward(x).view([b, lq, h, dh]).transpose(1, 2);
+        let mut scores = q.matmul(&k.transpose(-2, -1)) / (dh as f64).sqrt();
+        if let Some(pad) = pad {
+            scores = scores.masked_fill(&pad.view([b, 1, 1, lk]), f64::NEG_INFINITY);
+        }
+        let out = scores.softmax(-1, Kind::Float).matmul(v);
         self.o
             .forward(&out.transpose(1, 2).contiguous().view([b, lq, d]))
+    }
+
+    /// `x` [B, 1, d] attends, question by question, to the keys and values of its own instance:
+    /// `groups` holds, per instance, the indices of its questions in `x` (`None`: all of them, in
+    /// order) and its keys and values [1, h, L, d/h]. Each instance's questions are one batched
+    /// product over the heads, with no copy of the keys and values and no padding.
+    fn attend_grouped(&self, x: &Tensor, groups: &[(Option<Tensor>, &Tensor, &Tensor)]) -> Tensor {
+        let (b, _, d) = x.size3().expect("attention query is [B, 1, d]");
+        let h = self.heads;
+        let dh = d / h;
+        let q = self.q.forward(x).view([b, d]);
+        let one = |q: &Tensor, k: &Tensor, v: &Tensor| -> Tensor {
+            let n = q.size()[0];
+            let q = q.view([n, h, dh]).transpose(0, 1);
+            let scores = q.matmul(&k.squeeze_dim(0).transpose(-2, -1)) / (dh as f64).sqrt();
+            let out = scores.softmax(-1, Kind::Float).matmul(&v.squeeze_dim(0));
+            out.transpose(0, 1).reshape([n, d])
+        };
+        let out = match groups {
+            [(None, k, v)] => one(&q, k, v),
+            _ => {
+                let mut out = q.zeros_like();
+                for (index, k, v) in groups {
+                    let index = index
+                        .as_ref()
+                        .expect("questions of one of several instances");
+                    let part = one(&q.index_select(0, index), k, v);
+                    let _ = out.index_copy_(0, index, &part);
+                }
+                out
+            }
+        };
+        self.o.forward(&out.view([b, 1, d]))
     }
 }
 
@@ -99,6 +145,14 @@ impl Block {
     fn forward(&self, x: &Tensor, kv: Option<&Tensor>, pad: &Tensor) -> Tensor {
         let n = self.ln_attn.forward(x);
         let x = x + self.attn.forward(&n, kv.unwrap_or(&n), pad);
+        &x + self.ff.forward(&self.ln_ff.forward(&x))
+    }
+
+    /// The block with its attention computed by `attend` (from the normalised input): cross-
+    /// attention to keys and values already projected (see [`Encoded`]).
+    fn forward_with(&self, x: &Tensor, attend: impl Fn(&Attention, &Tensor) -> Tensor) -> Tensor {
+        let n = self.ln_attn.forward(x);
+        let x = x + attend(&self.attn, &n);
         &x + self.ff.forward(&self.ln_ff.forward(&x))
     }
 }
@@ -162,26 +216,165 @@ impl Net {
         }
     }
 
-    /// Logits [B, answer_classes].
+    /// Logits [B, answer_classes]: the training path, every instance of the batch encoded
+    /// together (padded to the longest).
     pub fn forward(&self, batch: &Batch) -> Tensor {
-        let d = self.d;
-        let (i, f, w) = batch.facts.size3().expect("facts are [I, F, W]");
-        let facts = (self.tok.forward(&batch.facts) + &self.fact_slot).view([i, f, w * d]);
-        let facts = self.fact_in.forward(&facts);
-        let mut x = Tensor::cat(&[self.sink.expand([i, 1, d], false), facts], 1);
-        for layer in &self.fact_layers {
-            x = layer.forward(&x, None, &batch.fact_pad);
-        }
-        let x = self.fact_ln.forward(&x);
-
-        let (b, wq) = batch.questions.size2().expect("questions are [B, Wq]");
-        let q = (self.tok.forward(&batch.questions) + &self.question_slot).view([b, 1, wq * d]);
-        let mut q = self.question_in.forward(&q);
+        let x = self.encode_facts(&batch.facts, &batch.fact_pad);
+        let mut q = self.embed_questions(&batch.questions);
         let kv = x.index_select(0, &batch.instance_of);
         let pad = batch.fact_pad.index_select(0, &batch.instance_of);
         for layer in &self.question_layers {
             q = layer.forward(&q, Some(&kv), &pad);
         }
         self.head.forward(&self.out_ln.forward(&q)).squeeze_dim(1)
+    }
+
+    /// Encoded facts [I, F+1, d] (sink first) of fact tokens [I, F, W] with padding `pad`.
+    fn encode_facts(&self, facts: &Tensor, pad: &Tensor) -> Tensor {
+        let d = self.d;
+        let (i, f, w) = facts.size3().expect("facts are [I, F, W]");
+        let facts = (self.tok.forward(facts) + &self.fact_slot).view([i, f, w * d]);
+        let facts = self.fact_in.forward(&facts);
+        let mut x = Tensor::cat(&[self.sink.expand([i, 1, d], false), facts], 1);
+        for layer in &self.fact_layers {
+            x = layer.forward(&x, None, pad);
+        }
+        self.fact_ln.forward(&x)
+    }
+
+    /// Question tokens [B, Wq] to the decoder's input [B, 1, d].
+    fn embed_questions(&self, questions: &Tensor) -> Tensor {
+        let d = self.d;
+        let (b, wq) = questions.size2().expect("questions are [B, Wq]");
+        let q = (self.tok.forward(questions) + &self.question_slot).view([b, 1, wq * d]);
+        self.question_in.forward(&q)
+    }
+
+    /// One instance's facts, encoded on their own: fact tokens [1, F, W] (no padding facts) to
+    /// what every question layer's cross-attention reads of them. Encoding an instance alone makes
+    /// the result a function of the instance and the weights only, never of what else shared a
+    /// batch, which is what lets [`super::cache::EncodingCache`] keep it.
+    pub fn encode_instance(&self, facts: &Tensor) -> Encoded {
+        let f = facts.size()[1];
+        let pad = Tensor::zeros([1, f + 1], (Kind::Bool, facts.device()));
+        let x = self.encode_facts(facts, &pad);
+        let kv = self
+            .question_layers
+            .iter()
+            .map(|layer| {
+                let (k, v) = layer.attn.keys_values(&x);
+                (k.contiguous(), v.contiguous())
+            })
+            .collect();
+        Encoded { kv, len: f + 1 }
+    }
+
+    /// Logits [B, answer_classes] of questions [B, Wq] about encoded instances: question `b` is
+    /// about `instances[instance_of[b]]`. Runs the question decoder alone.
+    pub fn decode(&self, questions: &Tensor, instances: &[Encoded], instance_of: &[i64]) -> Tensor {
+        let device = questions.device();
+        let longest = instances.iter().map(|e| e.len).max().unwrap_or(1);
+        let index = Tensor::from_slice(instance_of).to_device(device);
+        // Instances of different lengths are padded with zero keys, masked out; with one length
+        // (the usual case: a domain's instances of one size) there is nothing to mask.
+        let pad = (instances.iter().any(|e| e.len != longest)).then(|| {
+            let rows: Vec<bool> = instances
+                .iter()
+                .flat_map(|e| (0..longest).map(move |j| j >= e.len))
+                .collect();
+            Tensor::from_slice(&rows)
+                .view([instances.len() as i64, longest])
+                .to_device(device)
+                .index_select(0, &index)
+        });
+        let gather = |pick: &dyn Fn(&Encoded) -> &Tensor| -> Tensor {
+            let padded: Vec<Tensor> = instances
+                .iter()
+                .map(|e| {
+                    let t = pick(e);
+                    if e.len == longest {
+                        t.shallow_clone()
+                    } else {
+                        t.constant_pad_nd([0, 0, 0, longest - e.len])
+                    }
+                })
+                .collect();
+            Tensor::cat(&padded, 0).index_select(0, &index)
+        };
+        // Many questions per instance: each instance's questions attend to its keys and values
+        // in place. Few: the keys and values are gathered, a copy per question, into one product
+        // (a loop over many small instances would cost more in dispatch than the copy).
+        let grouped =
+            instances.len() == 1 || instances.len() * GROUP_AT_QUESTIONS <= instance_of.len();
+        let groups: Vec<Option<Tensor>> = if instances.len() == 1 {
+            vec![None]
+        } else if grouped {
+            (0..instances.len() as i64)
+                .map(|i| {
+                    let rows: Vec<i64> = (0..instance_of.len() as i64)
+                        .filter(|&b| instance_of[b as usize] == i)
+                        .collect();
+                    Some(Tensor::from_slice(&rows).to_device(device))
+                })
+                .collect()
+        } else {
+            Vec::new()
+        };
+        let mut q = self.embed_questions(questions);
+        for (l, layer) in self.question_layers.iter().enumerate() {
+            q = if grouped {
+                let parts: Vec<_> = groups
+                    .iter()
+                    .zip(instances)
+                    .map(|(g, e)| {
+                        (
+                            g.as_ref().map(Tensor::shallow_clone),
+                            &e.kv[l].0,
+                            &e.kv[l].1,
+                        )
+                    })
+                    .collect();
+                layer.forward_with(&q, |attn, n| attn.attend_grouped(n, &parts))
+            } else {
+                let k = gather(&|e: &Encoded| &e.kv[l].0);
+                let v = gather(&|e: &Encoded| &e.kv[l].1);
+                layer.forward_with(&q, |attn, n| attn.attend(n, &k, &v, pad.as_ref()))
+            };
+        }
+        self.head.forward(&self.out_ln.forward(&q)).squeeze_dim(1)
+    }
+}
+
+/// Questions per instance from which [`Net::decode`] attends instance by instance rather than
+/// gathering keys and values per question.
+const GROUP_AT_QUESTIONS: usize = 16;
+
+/// One instance's facts as the question decoder reads them: per question layer, the keys and
+/// values of its cross-attention, [1, heads, L, d/heads] each, L = facts + 1 (the sink).
+pub struct Encoded {
+    kv: Vec<(Tensor, Tensor)>,
+    len: i64,
+}
+
+impl Encoded {
+    /// Bytes of tensor data held.
+    pub fn bytes(&self) -> usize {
+        self.kv
+            .iter()
+            .flat_map(|(k, v)| [k, v])
+            .map(|t| t.numel() * t.kind().elt_size_in_bytes())
+            .sum()
+    }
+
+    /// A handle to the same tensors (libtorch reference counting: nothing is copied).
+    pub fn share(&self) -> Encoded {
+        Encoded {
+            kv: self
+                .kv
+                .iter()
+                .map(|(k, v)| (k.shallow_clone(), v.shallow_clone()))
+                .collect(),
+            len: self.len,
+        }
     }
 }

@@ -198,6 +198,44 @@ impl Collector for WorkerCollector {
         for (domain, worker, d) in &series {
             held.set(&as_refs(&labels(domain, worker)), d.facts_cache().2 as i64)?;
         }
+        // The model's encoding cache (model workers only).
+        let encodings: Vec<_> = series
+            .iter()
+            .filter_map(|(domain, worker, d)| Some((labels(domain, worker), d.encoding_cache()?)))
+            .collect();
+        if !encodings.is_empty() {
+            let counters: [(&str, &str, ReadEncodings); 3] = [
+                (
+                    "encoding_cache_hits",
+                    "Instances of a forward pass whose encoded facts the model held",
+                    |c| c.0,
+                ),
+                (
+                    "encoding_cache_misses",
+                    "Instances of a forward pass whose facts the model encoded",
+                    |c| c.1,
+                ),
+                (
+                    "encoding_cache_evictions",
+                    "Encoded instances dropped to stay within the cache's memory budget",
+                    |c| c.2,
+                ),
+            ];
+            for (name, help, read) in counters {
+                let mut family = F::counter(&mut encoder, name, help)?;
+                for (l, c) in &encodings {
+                    family.count(&as_refs(l), read(*c))?;
+                }
+            }
+            let mut bytes = F::gauge(
+                &mut encoder,
+                "encoding_cache_bytes",
+                "Bytes of encoded facts held (on the model's device)",
+            )?;
+            for (l, c) in &encodings {
+                bytes.set(&as_refs(l), c.3 as i64)?;
+            }
+        }
         // Per worker: unlabelled for a worker alone, labelled where several share the families.
         let per_worker: Vec<(OwnedLabels, i64, Option<u64>)> = workers
             .iter()
@@ -251,6 +289,7 @@ impl Collector for WorkerCollector {
 }
 
 /// Reads one count out of the facts cache's (hits, misses, held).
+type ReadEncodings = fn((u64, u64, u64, u64, u64)) -> u64;
 type ReadCache = fn((u64, u64, usize)) -> u64;
 
 /// A series' labels, owned.

@@ -64,6 +64,8 @@ pub struct WorkerConfig {
     pub batch: BatchConfig,
     /// Instances kept per domain.
     pub facts_cache: usize,
+    /// Bytes of encoded facts a model keeps (see [`crate::model::cache`]; 0: none).
+    pub encoding_cache_bytes: usize,
     /// How often the registry is checked for a newly promoted generation.
     pub reload_every: Duration,
     /// libtorch threads for inference (0: libtorch's default).
@@ -86,6 +88,7 @@ impl Default for WorkerConfig {
         Self {
             batch: BatchConfig::default(),
             facts_cache: 4096,
+            encoding_cache_bytes: 256 << 20,
             reload_every: Duration::from_secs(2),
             threads: 0,
             idle_close: Duration::from_secs(300),
@@ -108,12 +111,16 @@ trait DomainWorker: Send + Sync {
     fn queued(&self) -> usize;
     /// The facts cache's (hits, misses, instances held).
     fn facts_cache(&self) -> (u64, u64, usize);
+    /// The model's encoding cache (hits, misses, evictions, bytes, instances), if a model serves.
+    fn encoding_cache(&self) -> Option<(u64, u64, u64, u64, u64)>;
 }
 
 struct Typed<D: Domain> {
     domain: D,
     cache: FactsCache<D>,
     batcher: Batcher<D>,
+    #[cfg(feature = "model")]
+    encodings: Option<Arc<crate::model::cache::CacheStats>>,
 }
 
 impl<D: Domain + Copy> Typed<D> {
@@ -160,6 +167,13 @@ impl<D: Domain + Copy> DomainWorker for Typed<D> {
 
     fn facts_cache(&self) -> (u64, u64, usize) {
         self.cache.counts()
+    }
+
+    fn encoding_cache(&self) -> Option<(u64, u64, u64, u64, u64)> {
+        #[cfg(feature = "model")]
+        return self.encodings.as_ref().map(|s| s.read());
+        #[cfg(not(feature = "model"))]
+        None
     }
 }
 
@@ -236,15 +250,19 @@ impl Worker {
                 let worker: Arc<dyn DomainWorker> = with_domain!(domain, d => {
                     let shared: SharedAnswerer<_> =
                         Arc::new(RwLock::new(Arc::new(reload::NotLoaded)));
+                    let encodings = Arc::new(crate::model::cache::CacheStats::default());
                     tokio::spawn(reload::reload_loop(
                         d,
                         registry.clone(),
                         shared.clone(),
                         info.clone(),
                         config.reload_every,
+                        (config.encoding_cache_bytes, encodings.clone()),
                         ready_tx,
                     ));
-                    Arc::new(typed(d, shared, &config, &histograms))
+                    let mut worker = typed(d, shared, &config, &histograms);
+                    worker.encodings = Some(encodings);
+                    Arc::new(worker)
                 });
                 domains.insert(domain, worker);
                 let mut i = info.write().unwrap_or_else(|p| p.into_inner());
@@ -280,6 +298,8 @@ fn typed<D: Domain + Copy>(
             Some(histograms.for_domain(D::KIND)),
             config.tracer.clone(),
         ),
+        #[cfg(feature = "model")]
+        encodings: None,
     }
 }
 

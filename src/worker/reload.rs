@@ -11,6 +11,7 @@ use crate::answerer::batched::SharedAnswerer;
 use crate::answerer::{AnswerError, Answerer, AnswererId, Answers, Query};
 use crate::domain::Domain;
 use crate::model::answerer::ModelAnswerer;
+use crate::model::cache::CacheStats;
 use crate::model::generation;
 use crate::registry::Registry;
 use crate::rpc::worker::WorkerInfo;
@@ -38,6 +39,7 @@ pub(super) async fn reload_loop<D: Domain + Copy>(
     shared: SharedAnswerer<D>,
     info: Arc<RwLock<WorkerInfo>>,
     every: Duration,
+    encoding_cache: (usize, Arc<CacheStats>),
     ready: tokio::sync::watch::Sender<bool>,
 ) {
     let mut loaded: Option<u64> = None;
@@ -65,8 +67,12 @@ pub(super) async fn reload_loop<D: Domain + Copy>(
             Ok(Ok(Some(model))) => {
                 let id = model.answerer_id();
                 let generation = model.manifest.generation;
-                let answerer: Arc<dyn Answerer<D>> =
-                    Arc::new(ModelAnswerer::new(model.model, id.clone()));
+                let answerer: Arc<dyn Answerer<D>> = Arc::new(ModelAnswerer::with_cache(
+                    model.model,
+                    id.clone(),
+                    encoding_cache.0,
+                    encoding_cache.1.clone(),
+                ));
                 *shared.write().unwrap_or_else(|p| p.into_inner()) = answerer;
                 info.write().unwrap_or_else(|p| p.into_inner()).answerer = id;
                 loaded = Some(generation);
