@@ -18,7 +18,7 @@ fi
 first=$("$hch" sample -d wildcard --size 8 --questions 200000 | head -n 1)
 [[ -n "$first" ]] || fail "hch sample printed nothing"
 
-for command in train report demo; do
+for command in train report demo model-bench; do
     if out=$("$hch" "$command" 2>&1); then
         fail "hch $command ran in a build without the model feature"
     fi

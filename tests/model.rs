@@ -266,9 +266,19 @@ fn cached_encodings_give_bit_identical_logits() {
         model.predict(&queries)
     );
 
-    // The decoder's two other ways: many questions per instance, interleaved (each instance's
-    // questions attend to its keys in place), and one instance alone.
-    for shape in [&[(0usize, 20usize), (3, 17)][..], &[(3, 5)]] {
+    // Other shapes of batch, which the decoder lays out differently: many questions about a few
+    // instances, one instance alone, and one instance with many questions beside several with one
+    // (keys and values gathered per question).
+    let lopsided = [
+        (0usize, 20usize),
+        (1, 1),
+        (2, 1),
+        (3, 1),
+        (4, 1),
+        (5, 1),
+        (6, 1),
+    ];
+    for shape in [&[(0, 20), (3, 17)][..], &[(3, 5)], &lopsided] {
         let mut owned = Vec::new();
         for round in 0..20 {
             for &(i, n) in shape {

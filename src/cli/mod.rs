@@ -4,6 +4,8 @@
 #[cfg(feature = "model")]
 mod demo;
 mod loadtest;
+#[cfg(feature = "model")]
+mod model_bench;
 mod remote;
 mod report;
 mod serve;
@@ -13,6 +15,8 @@ mod train;
 #[cfg(feature = "model")]
 use demo::DemoArgs;
 #[cfg(feature = "model")]
+use model_bench::ModelBenchArgs;
+#[cfg(feature = "model")]
 use train::{ReportArgs, TrainArgs};
 #[cfg(not(feature = "model"))]
 type TrainArgs = NeedsModel;
@@ -20,6 +24,8 @@ type TrainArgs = NeedsModel;
 type ReportArgs = NeedsModel;
 #[cfg(not(feature = "model"))]
 type DemoArgs = NeedsModel;
+#[cfg(not(feature = "model"))]
+type ModelBenchArgs = NeedsModel;
 
 /// The arguments of a command this build cannot run, taken whole so that the refusal is about the
 /// command, not about a flag.
@@ -92,6 +98,9 @@ enum Command {
     /// Measure subquestions per second through a coordinator and workers on loopback, against
     /// the raw rate of trivial unary gRPC calls.
     Loadtest(loadtest::LoadtestArgs),
+    /// Measure the model's raw rate (questions per second through forward passes alone) by size
+    /// and batch, with and without the encoding cache, on the device workers would use.
+    ModelBench(ModelBenchArgs),
     /// Amplify, distill, iterate: train generations of a model from H's decompositions alone
     /// (or, with --supervised, from the ground truth). Resumes a run directory where it stopped.
     Train(TrainArgs),
@@ -295,12 +304,16 @@ pub fn main() -> Result<()> {
             Command::Report(args) => train::report(args).await,
             #[cfg(feature = "model")]
             Command::Demo(args) => demo::demo(args).await,
+            #[cfg(feature = "model")]
+            Command::ModelBench(args) => tokio::task::block_in_place(|| model_bench::run(args)),
             #[cfg(not(feature = "model"))]
             Command::Train(_) => Err(needs_model("hch train")),
             #[cfg(not(feature = "model"))]
             Command::Report(_) => Err(needs_model("hch report")),
             #[cfg(not(feature = "model"))]
             Command::Demo(_) => Err(needs_model("hch demo")),
+            #[cfg(not(feature = "model"))]
+            Command::ModelBench(_) => Err(needs_model("hch model-bench")),
         }
     })
 }

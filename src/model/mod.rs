@@ -11,6 +11,7 @@
 //! - [`answerer`]: [`ModelAnswerer`](answerer::ModelAnswerer), the model behind the
 //!   [`Answerer`](crate::answerer::Answerer) interface (one forward pass per batch).
 //! - [`distill`]: imitation learning on (instance, question, target) examples.
+//! - [`throughput`]: the raw rate of forward passes, the ceiling trees are measured against.
 //! - [`generation`]: publishing models to, and loading verified models from, the registry.
 //!
 //! CPU is the default; CUDA is used when libtorch has it and a GPU is present ([`pick_device`]).
@@ -21,6 +22,7 @@ pub mod config;
 pub mod distill;
 pub mod generation;
 pub mod net;
+pub mod throughput;
 
 use std::path::Path;
 use std::sync::Arc;

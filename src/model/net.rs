@@ -70,35 +70,41 @@ impl Attention {
             .forward(&out.transpose(1, 2).contiguous().view([b, lq, d]))
     }
 
-    /// `x` [B, 1, d] attends, question by question, to the keys and values of its own instance:
-    /// `groups` holds, per instance, the indices of its questions in `x` (`None`: all of them, in
-    /// order) and its keys and values [1, h, L, d/h]. Each instance's questions are one batched
-    /// product over the heads, with no copy of the keys and values and no padding.
-    fn attend_grouped(&self, x: &Tensor, groups: &[(Option<Tensor>, &Tensor, &Tensor)]) -> Tensor {
+    /// `x` [B, 1, d] attends, question by question, to the keys and values of its own instance,
+    /// with the questions laid out by instance: `k`, `v` [I, h, L, d/h] hold the batch's
+    /// instances, and question `b` sits at row `slots[b]` of an [I × G] grid (G: the most
+    /// questions any instance has; `None`: one instance, the questions in order). One batched
+    /// product covers every instance, and nothing is copied per question: the keys and values
+    /// are read where they lie, the grid's empty rows are zero queries, computed and dropped.
+    /// `pad` [I, L] is true where an instance's keys are padding.
+    fn attend_by_instance(
+        &self,
+        x: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        slots: Option<&Tensor>,
+        grid: i64,
+        pad: Option<&Tensor>,
+    ) -> Tensor {
         let (b, _, d) = x.size3().expect("attention query is [B, 1, d]");
-        let h = self.heads;
-        let dh = d / h;
+        let (i, h, lk, dh) = k.size4().expect("keys are [I, h, L, d/h]");
         let q = self.q.forward(x).view([b, d]);
-        let one = |q: &Tensor, k: &Tensor, v: &Tensor| -> Tensor {
-            let n = q.size()[0];
-            let q = q.view([n, h, dh]).transpose(0, 1);
-            let scores = q.matmul(&k.squeeze_dim(0).transpose(-2, -1)) / (dh as f64).sqrt();
-            let out = scores.softmax(-1, Kind::Float).matmul(&v.squeeze_dim(0));
-            out.transpose(0, 1).reshape([n, d])
+        let q = match slots {
+            None => q,
+            Some(slots) => q
+                .new_zeros([i * grid, d], (q.kind(), q.device()))
+                .index_copy(0, slots, &q),
         };
-        let out = match groups {
-            [(None, k, v)] => one(&q, k, v),
-            _ => {
-                let mut out = q.zeros_like();
-                for (index, k, v) in groups {
-                    let index = index
-                        .as_ref()
-                        .expect("questions of one of several instances");
-                    let part = one(&q.index_select(0, index), k, v);
-                    let _ = out.index_copy_(0, index, &part);
-                }
-                out
-            }
+        let q = q.view([i, grid, h, dh]).transpose(1, 2);
+        let mut scores = q.matmul(&k.transpose(-2, -1)) / (dh as f64).sqrt();
+        if let Some(pad) = pad {
+            scores = scores.masked_fill(&pad.view([i, 1, 1, lk]), f64::NEG_INFINITY);
+        }
+        let out = scores.softmax(-1, Kind::Float).matmul(v);
+        let out = out.transpose(1, 2).reshape([i * grid, d]);
+        let out = match slots {
+            None => out,
+            Some(slots) => out.index_select(0, slots),
         };
         self.o.forward(&out.view([b, 1, d]))
     }
@@ -271,10 +277,16 @@ impl Net {
 
     /// Logits [B, answer_classes] of questions [B, Wq] about encoded instances: question `b` is
     /// about `instances[instance_of[b]]`. Runs the question decoder alone.
+    ///
+    /// Each question attends to its own instance's keys and values. Usually the questions are
+    /// laid out in a grid by instance and attend in one product (see
+    /// `Attention::attend_by_instance`); where one instance has far more questions than the
+    /// others, the grid would be mostly empty, and the keys and values are instead gathered per
+    /// question. Which way is taken depends on the batch's shape alone, never on the cache.
     pub fn decode(&self, questions: &Tensor, instances: &[Encoded], instance_of: &[i64]) -> Tensor {
         let device = questions.device();
+        let (n_instances, n_questions) = (instances.len() as i64, instance_of.len() as i64);
         let longest = instances.iter().map(|e| e.len).max().unwrap_or(1);
-        let index = Tensor::from_slice(instance_of).to_device(device);
         // Instances of different lengths are padded with zero keys, masked out; with one length
         // (the usual case: a domain's instances of one size) there is nothing to mask.
         let pad = (instances.iter().any(|e| e.len != longest)).then(|| {
@@ -283,11 +295,13 @@ impl Net {
                 .flat_map(|e| (0..longest).map(move |j| j >= e.len))
                 .collect();
             Tensor::from_slice(&rows)
-                .view([instances.len() as i64, longest])
+                .view([n_instances, longest])
                 .to_device(device)
-                .index_select(0, &index)
         });
-        let gather = |pick: &dyn Fn(&Encoded) -> &Tensor| -> Tensor {
+        let stack = |pick: &dyn Fn(&Encoded) -> &Tensor| -> Tensor {
+            if let [only] = instances {
+                return pick(only).shallow_clone();
+            }
             let padded: Vec<Tensor> = instances
                 .iter()
                 .map(|e| {
@@ -299,55 +313,52 @@ impl Net {
                     }
                 })
                 .collect();
-            Tensor::cat(&padded, 0).index_select(0, &index)
+            Tensor::cat(&padded, 0)
         };
-        // Many questions per instance: each instance's questions attend to its keys and values
-        // in place. Few: the keys and values are gathered, a copy per question, into one product
-        // (a loop over many small instances would cost more in dispatch than the copy).
-        let grouped =
-            instances.len() == 1 || instances.len() * GROUP_AT_QUESTIONS <= instance_of.len();
-        let groups: Vec<Option<Tensor>> = if instances.len() == 1 {
-            vec![None]
-        } else if grouped {
-            (0..instances.len() as i64)
-                .map(|i| {
-                    let rows: Vec<i64> = (0..instance_of.len() as i64)
-                        .filter(|&b| instance_of[b as usize] == i)
-                        .collect();
-                    Some(Tensor::from_slice(&rows).to_device(device))
-                })
-                .collect()
-        } else {
-            Vec::new()
-        };
+        // The grid: each question's row among its instance's, and the most any instance has.
+        let mut seen = vec![0i64; instances.len()];
+        let rows: Vec<i64> = instance_of
+            .iter()
+            .map(|&i| {
+                seen[i as usize] += 1;
+                seen[i as usize] - 1
+            })
+            .collect();
+        let grid = seen.iter().copied().max().unwrap_or(1);
+        let by_instance = n_instances * grid <= GRID_SLACK * n_questions;
+        let slots = (by_instance && n_instances > 1).then(|| {
+            let slots: Vec<i64> = instance_of
+                .iter()
+                .zip(&rows)
+                .map(|(&i, &r)| i * grid + r)
+                .collect();
+            Tensor::from_slice(&slots).to_device(device)
+        });
+        let index = Tensor::from_slice(instance_of).to_device(device);
+        let question_pad = pad
+            .as_ref()
+            .filter(|_| !by_instance)
+            .map(|p| p.index_select(0, &index));
         let mut q = self.embed_questions(questions);
         for (l, layer) in self.question_layers.iter().enumerate() {
-            q = if grouped {
-                let parts: Vec<_> = groups
-                    .iter()
-                    .zip(instances)
-                    .map(|(g, e)| {
-                        (
-                            g.as_ref().map(Tensor::shallow_clone),
-                            &e.kv[l].0,
-                            &e.kv[l].1,
-                        )
-                    })
-                    .collect();
-                layer.forward_with(&q, |attn, n| attn.attend_grouped(n, &parts))
+            let k = stack(&|e: &Encoded| &e.kv[l].0);
+            let v = stack(&|e: &Encoded| &e.kv[l].1);
+            q = if by_instance {
+                layer.forward_with(&q, |attn, n| {
+                    attn.attend_by_instance(n, &k, &v, slots.as_ref(), grid, pad.as_ref())
+                })
             } else {
-                let k = gather(&|e: &Encoded| &e.kv[l].0);
-                let v = gather(&|e: &Encoded| &e.kv[l].1);
-                layer.forward_with(&q, |attn, n| attn.attend(n, &k, &v, pad.as_ref()))
+                let (k, v) = (k.index_select(0, &index), v.index_select(0, &index));
+                layer.forward_with(&q, |attn, n| attn.attend(n, &k, &v, question_pad.as_ref()))
             };
         }
         self.head.forward(&self.out_ln.forward(&q)).squeeze_dim(1)
     }
 }
 
-/// Questions per instance from which [`Net::decode`] attends instance by instance rather than
-/// gathering keys and values per question.
-const GROUP_AT_QUESTIONS: usize = 16;
+/// How much larger than the batch [`Net::decode`]'s grid of questions by instance may be (its
+/// empty rows cost a query each) before it gathers keys and values per question instead.
+const GRID_SLACK: i64 = 2;
 
 /// One instance's facts as the question decoder reads them: per question layer, the keys and
 /// values of its cross-attention, [1, heads, L, d/heads] each, L = facts + 1 (the sink).
