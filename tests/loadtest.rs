@@ -121,3 +121,87 @@ fn the_json_report_is_ghz_shaped_in_both_loops() {
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// With model workers (an untrained tiny model, published into a temporary registry), the load
+/// test measures the model's raw rate in the same run and holds the trees against it, and says
+/// where the time went.
+#[test]
+fn loadtest_with_model_workers() {
+    let report = loadtest(&["--model", "tiny", "--size", "8"]);
+    assert!(figure(&report, "raw model best:") > 0.0, "{report}");
+    assert!(figure(&report, "subquestions:") > 0.0, "{report}");
+    assert!(figure(&report, "ratio:") > 0.0, "{report}");
+    assert!(report.contains(" 0 degraded or failed"), "{report}");
+    assert!(
+        report.contains("where the time goes:  model computing"),
+        "{report}"
+    );
+    assert!(!report.contains("raw unary calls"), "{report}");
+    // Each tree's instance is new: the worker encoded every one, and reused them within trees.
+    assert!(report.contains("encodings reused"), "{report}");
+}
+
+/// A registry whose current generation is another domain's is refused before anything starts.
+#[test]
+fn loadtest_refuses_a_registry_of_another_domain() {
+    let dir = std::env::temp_dir().join(format!("hch-loadtest-registry-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    {
+        use hch::domain::permutation::Permutation;
+        use hch::model::config::{ModelConfig, Preset};
+        let registry = hch::registry::Registry::open(&dir).unwrap();
+        let model = hch::model::Model::new(
+            Permutation,
+            ModelConfig::preset(&Permutation, Preset::Tiny),
+            tch::Device::Cpu,
+            0,
+        )
+        .unwrap();
+        let m = hch::model::generation::publish(
+            &registry,
+            &model,
+            None,
+            0,
+            serde_json::json!({}),
+            "test",
+        )
+        .unwrap();
+        registry.promote(m.generation).unwrap();
+    }
+    let out = Command::new(env!("CARGO_BIN_EXE_hch"))
+        .args(["loadtest", "--registry"])
+        .arg(&dir)
+        .args(["--domain", "wildcard"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        stderr.contains("is a permutation model; --domain is wildcard"),
+        "{stderr}"
+    );
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+/// `hch model-bench` prints one table row per preset and batch size.
+#[test]
+fn model_bench_prints_its_table() {
+    let out = Command::new(env!("CARGO_BIN_EXE_hch"))
+        .args(["model-bench", "--presets", "tiny", "--batches", "1,8"])
+        .args(["--size", "8", "--seconds", "0.05"])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}");
+    let rows: Vec<&str> = stdout
+        .lines()
+        .filter(|l| l.starts_with("| tiny |"))
+        .collect();
+    assert_eq!(rows.len(), 2, "{stdout}");
+    for row in rows {
+        let cells: Vec<&str> = row.split('|').map(str::trim).collect();
+        let fresh: f64 = cells[4].parse().unwrap();
+        let cached: f64 = cells[5].parse().unwrap();
+        assert!(fresh > 0.0 && cached > 0.0, "{row}");
+    }
+}

@@ -1,7 +1,9 @@
 //! `hch loadtest`: subquestions per second through a coordinator and oracle workers on loopback,
 //! against the raw rate of trivial unary gRPC calls (a worker's ModelInfo) measured in the same
 //! run, with the same number of concurrent clients. With `--coordinator` it loads a running
-//! deployment instead (and `--worker` names the raw baseline's target).
+//! deployment instead (and `--worker` names the raw baseline's target). With `--model` or
+//! `--registry` the workers serve a model, and the baseline is the model's own raw rate (see
+//! [`model`]): how much of what the model can compute tree evaluation keeps it fed with.
 //!
 //! The baseline is the best raw rate over one, two and four HTTP/2 connections (one connection is
 //! served by one task on each side, which leaves CPU idle on a multi-core machine), so the ratio
@@ -29,13 +31,32 @@ use crate::rpc::coordinator::{AskQuery, AskReply, InstanceSpec};
 use crate::rpc::pb;
 use crate::server::{Cluster, ClusterConfig};
 use crate::with_domain;
-use crate::worker::WorkerConfig;
+use crate::worker::{BatchTotals, WorkerConfig};
+
+#[cfg(feature = "model")]
+mod model;
 
 #[derive(Args, Debug)]
 pub struct LoadtestArgs {
-    /// Oracle workers to start.
-    #[arg(long, default_value_t = 2)]
-    workers: usize,
+    /// Workers to start (default: 2 oracle workers, or 1 model worker, which uses every core).
+    #[arg(long)]
+    workers: Option<usize>,
+    /// Model workers serving a freshly initialised (untrained) model of this size: tiny, medium
+    /// or paper. A model's speed does not depend on what it has learned.
+    #[cfg(feature = "model")]
+    #[arg(long, conflicts_with_all = ["coordinator", "registry"])]
+    model: Option<crate::model::config::Preset>,
+    /// Model workers serving the current generation of this registry (a directory, as `hch
+    /// train` writes; its domain must be --domain).
+    #[cfg(feature = "model")]
+    #[arg(long, conflicts_with = "coordinator")]
+    registry: Option<std::path::PathBuf>,
+    /// libtorch threads of the model workers, and of the raw measurement (default: one fewer
+    /// than the cores, at least one: the clients and the coordinator run in this process too,
+    /// and a libtorch thread that has to share its core stalls every operation's other threads).
+    #[cfg(feature = "model")]
+    #[arg(long)]
+    threads: Option<usize>,
     /// Concurrent clients, in both phases (each keeps one tree or call in flight; enough to
     /// keep a two-core machine busy).
     #[arg(long, default_value_t = 512)]
@@ -304,6 +325,46 @@ fn questions<D: Domain>(d: &D, size: usize, seed: u64, fixed: Option<&str>) -> (
     (d.print_facts(instance.facts()), question)
 }
 
+/// What the workers serve in an embedded cluster.
+enum Workers {
+    Oracle,
+    #[cfg(feature = "model")]
+    Model(model::Served),
+}
+
+impl Workers {
+    fn of(args: &LoadtestArgs) -> Result<Workers> {
+        #[cfg(feature = "model")]
+        if args.model.is_some() || args.registry.is_some() {
+            return Ok(Workers::Model(model::serve(
+                args.domain,
+                args.registry.as_deref(),
+                args.model,
+            )?));
+        }
+        let _ = args;
+        Ok(Workers::Oracle)
+    }
+
+    fn is_model(&self) -> bool {
+        !matches!(self, Workers::Oracle)
+    }
+
+    fn serving(&self, domain: DomainKind) -> crate::worker::Serving {
+        let _ = domain; // only a model worker serves one domain
+        match self {
+            Workers::Oracle => crate::worker::Serving::Oracle {
+                delay: Duration::ZERO,
+            },
+            #[cfg(feature = "model")]
+            Workers::Model(served) => crate::worker::Serving::Registry {
+                registry: served.registry.clone(),
+                domain,
+            },
+        }
+    }
+}
+
 pub async fn run(args: LoadtestArgs) -> Result<()> {
     crate::domain::check_size_for(args.domain, args.size)?;
     let question = match (&args.question, args.domain) {
@@ -311,7 +372,19 @@ pub async fn run(args: LoadtestArgs) -> Result<()> {
         (None, DomainKind::Wildcard) if !args.sample => Some("******".to_string()),
         (None, _) => None,
     };
+    // Held to the end: a temporary registry is removed when this is dropped.
+    let workers = Workers::of(&args)?;
+    let worker_count = args
+        .workers
+        .unwrap_or(if workers.is_model() { 1 } else { 2 })
+        .max(1);
+    let serving = workers.serving(args.domain);
     let mut worker_config = WorkerConfig::default();
+    #[cfg(feature = "model")]
+    if workers.is_model() {
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        worker_config.threads = args.threads.unwrap_or(cores.saturating_sub(1)).max(1);
+    }
     if let Some(us) = args.max_wait_us {
         worker_config.batch.max_wait = Duration::from_micros(us);
     }
@@ -332,9 +405,13 @@ pub async fn run(args: LoadtestArgs) -> Result<()> {
     if args.viewer {
         coordinator_config.viewer = Some(Default::default());
     }
+    let served = match &workers {
+        Workers::Oracle => "oracle".to_string(),
+        #[cfg(feature = "model")]
+        Workers::Model(m) => format!("model ({})", m.describe),
+    };
     println!(
-        "loadtest: {} oracle workers, {} clients, {:.1} s per phase, {} {} at size {}, question {}, {}",
-        args.workers,
+        "loadtest: {worker_count} {served} workers, {} clients, {:.1} s per phase, {} {} at size {}, question {}, {}",
         args.clients,
         args.seconds,
         args.domain,
@@ -372,8 +449,9 @@ pub async fn run(args: LoadtestArgs) -> Result<()> {
                 worker_config.batch.max_wait.as_micros()
             );
             let cluster = Cluster::start(ClusterConfig {
-                workers: args.workers.max(1),
-                worker: worker_config,
+                workers: worker_count,
+                serving,
+                worker: worker_config.clone(),
                 pool: pool_config,
                 coordinator: coordinator_config,
                 ..ClusterConfig::default()
@@ -385,84 +463,13 @@ pub async fn run(args: LoadtestArgs) -> Result<()> {
         }
     };
     let period = Duration::from_secs_f64(args.seconds.max(0.1));
-    // The raw baseline: a worker's ModelInfo, or the coordinator's Status when no worker is given.
-    let raw_target = match (&cluster, &args.worker) {
-        (Some(c), _) => Some(format!("http://{}", c.workers[0].0.addr)),
-        (None, Some(addr)) => Some(url(addr)),
-        (None, None) => None,
-    };
 
-    // Phase 1: trivial unary calls, over 1, 2 and 4 connections; the best is the baseline.
-    let mut best: Option<Phase> = None;
-    for connections in [1, 2, 4] {
-        let raw = match &raw_target {
-            Some(worker) => {
-                let channels = connect(worker, connections, &args.tls).await?;
-                phase(args.clients, period, |i| {
-                    let client =
-                        pb::worker_client::WorkerClient::new(channels[i % connections].clone());
-                    move || {
-                        let mut client = client.clone();
-                        async move { client.model_info(pb::ModelInfoRequest {}).await.is_ok() }
-                    }
-                })
-                .await?
-            }
-            None => {
-                let channels = connect(&coordinator_addr, connections, &args.tls).await?;
-                phase(args.clients, period, |i| {
-                    let client = pb::coordinator_client::CoordinatorClient::new(
-                        channels[i % connections].clone(),
-                    );
-                    let token = args.token.clone();
-                    move || {
-                        let mut client = client.clone();
-                        let mut request = tonic::Request::new(pb::StatusRequest {});
-                        attach(&mut request, token.as_deref());
-                        async move { client.status(request).await.is_ok() }
-                    }
-                })
-                .await?
-            }
-        };
-        println!(
-            "raw unary calls:      {:>10.0} calls/s over {connections} connection(s), {:.2} cores busy, {} failed",
-            raw.rate(),
-            raw.cores,
-            raw.failed
-        );
-        if best.as_ref().map_or(true, |b| raw.rate() > b.rate()) {
-            best = Some(raw);
-        }
-    }
-    let raw = best.expect("three raw phases ran");
-    let raw_rate = raw.rate();
-    println!(
-        "raw baseline:         {raw_rate:>10.0} calls/s   (latency {})",
-        percentiles(raw.latencies)
-    );
-
-    // Phase 2: trees through the coordinator.
+    // The trees: a fresh instance for every tree (seeds from 1), or a cycle over a few.
     // Subquestions are counted from the trees' own statistics (questions sent to the answerer),
     // which a client sees whether the cluster is embedded or remote.
     let channels = connect(&coordinator_addr, args.connections, &args.tls).await?;
-    let worker_totals = |cluster: &Option<Cluster>| {
-        cluster
-            .iter()
-            .flat_map(|c| &c.workers)
-            .fold((0, 0, 0), |(q, c, b), (_, w)| {
-                let (wc, wb) = w.calls_and_batches();
-                (q + w.questions_answered(), c + wc, b + wb)
-            })
-    };
-    let before = worker_totals(&cluster);
     let subquestions = Arc::new(AtomicU64::new(0));
     let (domain, size, instances, mode) = (args.domain, args.size, args.instances, args.mode);
-    let load = match args.rate {
-        Some(rate) if rate > 0.0 => Load::Open(rate),
-        Some(rate) => anyhow::bail!("--rate must be above 0 trees a second, not {rate}"),
-        None => Load::Closed(args.clients.max(1)),
-    };
     let tree = {
         let (channels, question) = (Arc::new(channels), question.clone());
         let (subquestions, token) = (subquestions.clone(), args.token.clone());
@@ -470,7 +477,6 @@ pub async fn run(args: LoadtestArgs) -> Result<()> {
             let mut client = pb::coordinator_client::CoordinatorClient::new(
                 channels[seq as usize % channels.len()].clone(),
             );
-            // A fresh instance for every tree (seeds from 1), or a cycle over a few.
             let mut seed = seq + 1;
             if instances > 0 {
                 seed %= instances;
@@ -504,9 +510,115 @@ pub async fn run(args: LoadtestArgs) -> Result<()> {
             }
         }
     };
+
+    // Phase 1, the baseline: the model's raw rate, or trivial unary calls.
+    let (raw_rate, raw_all_cores) = match &workers {
+        #[cfg(feature = "model")]
+        Workers::Model(served) => {
+            let cluster = cluster.as_ref().expect("model workers run embedded");
+            model::loaded(cluster, served.generation, Duration::from_secs(120)).await?;
+            // One tree first, to learn how many subquestions a tree asks: the raw batches are
+            // made of as many questions per instance.
+            let (code, _) = tree(u64::MAX - 1).await;
+            anyhow::ensure!(
+                code == tonic::Code::Ok,
+                "the first tree failed ({code:?}); is the model serving --domain?"
+            );
+            let per_tree = subquestions.swap(0, Ordering::Relaxed).max(1) as usize;
+            let instances = match args.instances {
+                0 => crate::model::throughput::Instances::Fresh,
+                n => crate::model::throughput::Instances::Recurring(n),
+            };
+            let max_batch = worker_config.batch.max_batch;
+            let batches: Vec<usize> = [16, 64, 256, max_batch]
+                .into_iter()
+                .filter(|&b| b <= max_batch)
+                .collect();
+            let each = (period / 4).max(Duration::from_millis(500));
+            let (registry, cache_bytes) =
+                (served.registry.clone(), worker_config.encoding_cache_bytes);
+            let (threads, cores) = (
+                worker_config.threads,
+                std::thread::available_parallelism().map_or(1, |n| n.get()),
+            );
+            let (raw, all_cores) = tokio::task::spawn_blocking(move || -> Result<_> {
+                let raw = model::raw(
+                    domain,
+                    &registry,
+                    size,
+                    per_tree,
+                    instances,
+                    &batches,
+                    each,
+                    cache_bytes,
+                )?;
+                // For reference: the best batch with every core, as if nothing else ran here.
+                let all_cores = if cores > threads {
+                    crate::model::set_threads(cores);
+                    let best = [raw.best().batch];
+                    let r = model::raw(
+                        domain,
+                        &registry,
+                        size,
+                        per_tree,
+                        instances,
+                        &best,
+                        each,
+                        cache_bytes,
+                    );
+                    crate::model::set_threads(threads);
+                    Some(r?.best())
+                } else {
+                    None
+                };
+                Ok((raw, all_cores))
+            })
+            .await
+            .context("the raw model phase panicked")??;
+            for r in &raw.rates {
+                println!(
+                    "raw model rate:       {:>10.0} questions/s at batch {} ({} questions per instance)",
+                    r.per_second(),
+                    r.batch,
+                    per_tree.min(r.batch)
+                );
+            }
+            let best = raw.best();
+            println!(
+                "raw model best:       {:>10.0} questions/s at batch {}, forward passes alone, {threads} libtorch thread(s) as the workers have",
+                best.per_second(),
+                best.batch,
+            );
+            if let Some(all) = all_cores {
+                println!(
+                    "raw model, all cores: {:>10.0} questions/s at batch {} with {cores} threads and nothing else running",
+                    all.per_second(),
+                    all.batch
+                );
+            }
+            (best.per_second(), all_cores.map(|r| r.per_second()))
+        }
+        Workers::Oracle => (
+            unary_baseline(&args, &cluster, &coordinator_addr, period).await?,
+            None,
+        ),
+    };
+
+    // Phase 2: trees through the coordinator.
+    let worker_totals = |cluster: &Option<Cluster>| {
+        cluster
+            .iter()
+            .flat_map(|c| &c.workers)
+            .fold(BatchTotals::default(), |t, (_, w)| t + w.batch_totals())
+    };
+    let before = worker_totals(&cluster);
+    let load = match args.rate {
+        Some(rate) if rate > 0.0 => Load::Open(rate),
+        Some(rate) => anyhow::bail!("--rate must be above 0 trees a second, not {rate}"),
+        None => Load::Closed(args.clients.max(1)),
+    };
     let trees = tree_phase(load, period, tree).await?;
-    let after = worker_totals(&cluster);
-    let (answered, calls, batches) = (after.0 - before.0, after.1 - before.1, after.2 - before.2);
+    let done = worker_totals(&cluster) - before;
     let sub_rate = subquestions.load(Ordering::Relaxed) as f64 / trees.elapsed;
     println!(
         "subquestions:         {sub_rate:>10.0} subquestions/s ({:.0} trees/s, {} degraded or failed, {:.2} cores busy{})",
@@ -547,15 +659,37 @@ pub async fn run(args: LoadtestArgs) -> Result<()> {
     }
     if cluster.is_some() {
         println!(
-            "batching:             {:>10.1} subquestions per worker call, {:.1} calls per forward pass ({calls} calls)",
-            answered as f64 / calls.max(1) as f64,
-            calls as f64 / batches.max(1) as f64
+            "batching:             {:>10.1} subquestions per worker call, {:.1} calls per forward pass, {:.1} questions per forward pass ({} calls)",
+            done.questions as f64 / done.calls.max(1) as f64,
+            done.calls as f64 / done.batches.max(1) as f64,
+            done.questions as f64 / done.batches.max(1) as f64,
+            done.calls
         );
     }
-    println!(
-        "ratio:                {:>10.1}x the raw unary rate",
-        sub_rate / raw_rate.max(1e-9)
-    );
+    if workers.is_model() {
+        let busy = done.compute_us as f64 / 1e6 / trees.elapsed / worker_count as f64;
+        println!(
+            "where the time goes:  model computing {:.0}% of the phase, a call queued {:.2} ms on average; {:.2} cores busy in all ({} encodings reused, {} computed)",
+            busy * 100.0,
+            done.queue_us as f64 / 1e3 / done.calls.max(1) as f64,
+            trees.cores,
+            done.encoding_hits,
+            done.encoding_misses
+        );
+        println!(
+            "ratio:                {:>10.2} of the raw model rate{}",
+            sub_rate / raw_rate.max(1e-9),
+            raw_all_cores.map_or(String::new(), |all: f64| format!(
+                " ({:.2} of its all-core rate)",
+                sub_rate / all.max(1e-9)
+            ))
+        );
+    } else {
+        println!(
+            "ratio:                {:>10.1}x the raw unary rate",
+            sub_rate / raw_rate.max(1e-9)
+        );
+    }
     if let Some(cluster) = cluster {
         cluster.stop().await;
         if let Some(otel) = otel {
@@ -574,4 +708,68 @@ pub async fn run(args: LoadtestArgs) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// The raw unary rate: the best of trivial calls over one, two and four connections, to a worker's
+/// ModelInfo (the coordinator's Status when no worker is known).
+async fn unary_baseline(
+    args: &LoadtestArgs,
+    cluster: &Option<Cluster>,
+    coordinator_addr: &str,
+    period: Duration,
+) -> Result<f64> {
+    let raw_target = match (cluster, &args.worker) {
+        (Some(c), _) => Some(format!("http://{}", c.workers[0].0.addr)),
+        (None, Some(addr)) => Some(url(addr)),
+        (None, None) => None,
+    };
+    let mut best: Option<Phase> = None;
+    for connections in [1, 2, 4] {
+        let raw = match &raw_target {
+            Some(worker) => {
+                let channels = connect(worker, connections, &args.tls).await?;
+                phase(args.clients, period, |i| {
+                    let client =
+                        pb::worker_client::WorkerClient::new(channels[i % connections].clone());
+                    move || {
+                        let mut client = client.clone();
+                        async move { client.model_info(pb::ModelInfoRequest {}).await.is_ok() }
+                    }
+                })
+                .await?
+            }
+            None => {
+                let channels = connect(coordinator_addr, connections, &args.tls).await?;
+                phase(args.clients, period, |i| {
+                    let client = pb::coordinator_client::CoordinatorClient::new(
+                        channels[i % connections].clone(),
+                    );
+                    let token = args.token.clone();
+                    move || {
+                        let mut client = client.clone();
+                        let mut request = tonic::Request::new(pb::StatusRequest {});
+                        attach(&mut request, token.as_deref());
+                        async move { client.status(request).await.is_ok() }
+                    }
+                })
+                .await?
+            }
+        };
+        println!(
+            "raw unary calls:      {:>10.0} calls/s over {connections} connection(s), {:.2} cores busy, {} failed",
+            raw.rate(),
+            raw.cores,
+            raw.failed
+        );
+        if best.as_ref().map_or(true, |b| raw.rate() > b.rate()) {
+            best = Some(raw);
+        }
+    }
+    let raw = best.expect("three raw phases ran");
+    let raw_rate = raw.rate();
+    println!(
+        "raw baseline:         {raw_rate:>10.0} calls/s   (latency {})",
+        percentiles(raw.latencies)
+    );
+    Ok(raw_rate)
 }

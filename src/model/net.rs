@@ -41,9 +41,9 @@ impl Attention {
     }
 
     /// `x` [B, Lq, d] attends to `kv` [B, Lk, d]; `pad` [B, Lk] is true where keys are padding.
-    fn forward(&self, x: &Tensor, kv: &Tensor, pad: &Tensor) -> Tensor {
+    fn forward(&self, x: &Tensor, kv: &Tensor, pad: Option<&Tensor>) -> Tensor {
         let (k, v) = self.keys_values(kv);
-        self.attend(x, &k, &v, Some(pad))
+        self.attend(x, &k, &v, pad)
     }
 
     /// The key and value projections of `kv` [B, Lk, d], split into heads: [B, h, Lk, d/h] each.
@@ -148,7 +148,7 @@ impl Block {
     }
 
     /// Self-attention when `kv` is `None`, cross-attention to `kv` otherwise.
-    fn forward(&self, x: &Tensor, kv: Option<&Tensor>, pad: &Tensor) -> Tensor {
+    fn forward(&self, x: &Tensor, kv: Option<&Tensor>, pad: Option<&Tensor>) -> Tensor {
         let n = self.ln_attn.forward(x);
         let x = x + self.attn.forward(&n, kv.unwrap_or(&n), pad);
         &x + self.ff.forward(&self.ln_ff.forward(&x))
@@ -225,18 +225,19 @@ impl Net {
     /// Logits [B, answer_classes]: the training path, every instance of the batch encoded
     /// together (padded to the longest).
     pub fn forward(&self, batch: &Batch) -> Tensor {
-        let x = self.encode_facts(&batch.facts, &batch.fact_pad);
+        let x = self.encode_facts(&batch.facts, Some(&batch.fact_pad));
         let mut q = self.embed_questions(&batch.questions);
         let kv = x.index_select(0, &batch.instance_of);
         let pad = batch.fact_pad.index_select(0, &batch.instance_of);
         for layer in &self.question_layers {
-            q = layer.forward(&q, Some(&kv), &pad);
+            q = layer.forward(&q, Some(&kv), Some(&pad));
         }
         self.head.forward(&self.out_ln.forward(&q)).squeeze_dim(1)
     }
 
-    /// Encoded facts [I, F+1, d] (sink first) of fact tokens [I, F, W] with padding `pad`.
-    fn encode_facts(&self, facts: &Tensor, pad: &Tensor) -> Tensor {
+    /// Encoded facts [I, F+1, d] (sink first) of fact tokens [I, F, W] with padding `pad`
+    /// (`None`: none).
+    fn encode_facts(&self, facts: &Tensor, pad: Option<&Tensor>) -> Tensor {
         let d = self.d;
         let (i, f, w) = facts.size3().expect("facts are [I, F, W]");
         let facts = (self.tok.forward(facts) + &self.fact_slot).view([i, f, w * d]);
@@ -262,8 +263,7 @@ impl Net {
     /// batch, which is what lets [`super::cache::EncodingCache`] keep it.
     pub fn encode_instance(&self, facts: &Tensor) -> Encoded {
         let f = facts.size()[1];
-        let pad = Tensor::zeros([1, f + 1], (Kind::Bool, facts.device()));
-        let x = self.encode_facts(facts, &pad);
+        let x = self.encode_facts(facts, None);
         let kv = self
             .question_layers
             .iter()
@@ -358,7 +358,7 @@ impl Net {
 
 /// How much larger than the batch [`Net::decode`]'s grid of questions by instance may be (its
 /// empty rows cost a query each) before it gathers keys and values per question instead.
-const GRID_SLACK: i64 = 2;
+const GRID_SLACK: i64 = 8;
 
 /// One instance's facts as the question decoder reads them: per question layer, the keys and
 /// values of its cross-attention, [1, heads, L, d/heads] each, L = facts + 1 (the sink).

@@ -339,8 +339,71 @@ impl WorkerService {
         })
     }
 
+    /// Totals of the batchers over all domains since the worker started.
+    pub fn batch_totals(&self) -> BatchTotals {
+        let mut t = BatchTotals::default();
+        for d in self.domains.values() {
+            let s = d.stats();
+            t.calls += s.calls.load(Ordering::Relaxed);
+            t.batches += s.batches.load(Ordering::Relaxed);
+            t.questions += s.questions.load(Ordering::Relaxed);
+            t.queue_us += s.queue_us_total.load(Ordering::Relaxed);
+            t.compute_us += s.compute_us_total.load(Ordering::Relaxed);
+            if let Some((hits, misses, ..)) = d.encoding_cache() {
+                t.encoding_hits += hits;
+                t.encoding_misses += misses;
+            }
+        }
+        t
+    }
+
     pub fn info(&self) -> WorkerInfo {
         self.info.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+}
+
+/// What a worker's batchers have done (see [`WorkerService::batch_totals`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct BatchTotals {
+    pub calls: u64,
+    pub batches: u64,
+    pub questions: u64,
+    /// Microseconds calls waited for their batch, summed over calls.
+    pub queue_us: u64,
+    /// Microseconds of answering (forward passes), summed over batches.
+    pub compute_us: u64,
+    /// Instances whose encoding a model found in its cache, and those it encoded.
+    pub encoding_hits: u64,
+    pub encoding_misses: u64,
+}
+
+impl std::ops::Sub for BatchTotals {
+    type Output = BatchTotals;
+    fn sub(self, o: BatchTotals) -> BatchTotals {
+        BatchTotals {
+            calls: self.calls - o.calls,
+            batches: self.batches - o.batches,
+            questions: self.questions - o.questions,
+            queue_us: self.queue_us - o.queue_us,
+            compute_us: self.compute_us - o.compute_us,
+            encoding_hits: self.encoding_hits - o.encoding_hits,
+            encoding_misses: self.encoding_misses - o.encoding_misses,
+        }
+    }
+}
+
+impl std::ops::Add for BatchTotals {
+    type Output = BatchTotals;
+    fn add(self, o: BatchTotals) -> BatchTotals {
+        BatchTotals {
+            calls: self.calls + o.calls,
+            batches: self.batches + o.batches,
+            questions: self.questions + o.questions,
+            queue_us: self.queue_us + o.queue_us,
+            compute_us: self.compute_us + o.compute_us,
+            encoding_hits: self.encoding_hits + o.encoding_hits,
+            encoding_misses: self.encoding_misses + o.encoding_misses,
+        }
     }
 }
 
