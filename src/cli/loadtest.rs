@@ -24,7 +24,7 @@ use super::report;
 use crate::coordinator::auth::attach;
 use crate::coordinator::pool::{PoolConfig, WorkerSource};
 use crate::coordinator::CoordinatorConfig;
-use crate::domain::{Domain, DomainKind, Instance, FULL_SIZE};
+use crate::domain::{Domain, DomainKind, FULL_SIZE};
 use crate::eval::{Budget, Mode};
 use crate::rng::Rng;
 use crate::rpc::coordinator::{AskQuery, AskReply, InstanceSpec};
@@ -316,13 +316,15 @@ async fn connect(
     Ok(channels)
 }
 
+/// A tree's facts and question in text, as a client sends them (printed once: no instance is
+/// made here, whose hash the client would not use).
 fn questions<D: Domain>(d: &D, size: usize, seed: u64, fixed: Option<&str>) -> (String, String) {
-    let instance = Instance::generate(d, size, seed).expect("size checked");
+    let facts = d.generate(size, seed).expect("size checked");
     let question = match fixed {
         Some(q) => q.to_string(),
-        None => d.print_question(&d.sample_question(instance.facts(), &mut Rng::new(seed))),
+        None => d.print_question(&d.sample_question(&facts, &mut Rng::new(seed))),
     };
-    (d.print_facts(instance.facts()), question)
+    (d.print_facts(&facts), question)
 }
 
 /// What the workers serve in an embedded cluster.
