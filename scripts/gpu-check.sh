@@ -27,17 +27,17 @@
 set -euo pipefail
 
 root=$(cd "$(dirname "$0")/.." && pwd)
-cd "$root"
 binary=""
 fetch=0
 while [ $# -gt 0 ]; do
     case "$1" in
-        --binary) binary=${2:?--binary needs a path}; shift 2 ;;
+        --binary) binary=$(realpath "${2:?--binary needs a path}"); shift 2 ;;
         --fetch-cuda) fetch=1; shift ;;
-        -h|--help) sed -n '2,27p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,/^set -euo/p' "$0" | sed '$d'; exit 0 ;;
         *) echo "gpu-check: unknown argument $1 (see --help)" >&2; exit 2 ;;
     esac
 done
+cd "$root"
 started=$(date +%s)
 log() { echo "gpu-check [$(( $(date +%s) - started ))s]: $*" >&2; }
 
@@ -67,17 +67,24 @@ if [ -z "$binary" ]; then
         log "building against LIBTORCH=$LIBTORCH"
     elif [ -n "$torch_lib" ]; then
         log "building against the CUDA libtorch of $("$python" -c 'import torch; print(torch.__file__)')"
-        export LIBTORCH_USE_PYTORCH=1 PATH="$(dirname "$python"):$PATH"
+        # torch-sys asks the python3 on PATH (python in a virtualenv) where its torch is.
+        export LIBTORCH_USE_PYTORCH=1 PATH="$(dirname "$(command -v "$python")"):$PATH"
+        unset VIRTUAL_ENV
     else
         log "no CUDA torch 2.11 found: building against the CPU libtorch (make setup)"
         make --no-print-directory setup >&2
     fi
     cargo build --release --quiet --bin hch
     binary=$CARGO_TARGET_DIR/release/hch
-elif [ -n "$torch_lib" ] && [ -f "$torch_lib/libtorch_cuda.so" ]; then
+fi
+# How hch is started: with --binary and a CUDA torch, against that torch's libraries (for hch
+# alone: every other program here would load them too).
+launch=(env)
+if [ "$binary" != "${CARGO_TARGET_DIR:-}/release/hch" ] && [ -n "$torch_lib" ] \
+        && [ -f "$torch_lib/libtorch_cuda.so" ]; then
     log "running $binary with the CUDA libtorch in $torch_lib"
-    export LD_LIBRARY_PATH="$torch_lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
-    export LD_PRELOAD="$torch_lib/libtorch_cuda.so${LD_PRELOAD:+ $LD_PRELOAD}"
+    launch+=("LD_LIBRARY_PATH=$torch_lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}")
+    launch+=("LD_PRELOAD=$torch_lib/libtorch_cuda.so${LD_PRELOAD:+ $LD_PRELOAD}")
 fi
 [ -x "$binary" ] || { echo "gpu-check: no binary at $binary" >&2; exit 1; }
 
@@ -89,7 +96,7 @@ out=$(mktemp -d)
 trap 'rm -rf "$out"' EXIT
 
 # Which device the model lands on decides how much to measure.
-"$binary" model-bench --presets tiny --batches 1 --seconds 0.01 > "$out/probe" 2>&1 \
+"${launch[@]}" "$binary" model-bench --presets tiny --batches 1 --seconds 0.01 > "$out/probe" 2>&1 \
     || { cat "$out/probe" >&2; exit 1; }
 if grep -q "device Cuda" "$out/probe"; then
     device="GPU ${card:-(nvidia-smi unavailable)}"
@@ -105,12 +112,12 @@ fi
 log "device: $device"
 
 log "model-bench: presets $presets, batches $batches"
-timeout 240 "$binary" model-bench --presets "$presets" --batches "$batches" --seconds 0.3 \
+timeout 200 "${launch[@]}" "$binary" model-bench --presets "$presets" --batches "$batches" --seconds 0.3 \
     > "$out/bench" 2> "$out/bench.err" || { cat "$out/bench" "$out/bench.err" >&2; exit 1; }
 
 for preset in "${loads[@]}"; do
     log "loadtest: model workers, $preset"
-    timeout 120 "$binary" loadtest --model "$preset" --seconds 4 > "$out/load-$preset" 2>&1 \
+    timeout 90 "${launch[@]}" "$binary" loadtest --model "$preset" --seconds 4 > "$out/load-$preset" 2>&1 \
         || { cat "$out/load-$preset" >&2; exit 1; }
 done
 

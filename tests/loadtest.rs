@@ -125,6 +125,7 @@ fn the_json_report_is_ghz_shaped_in_both_loops() {
 /// With model workers (an untrained tiny model, published into a temporary registry), the load
 /// test measures the model's raw rate in the same run and holds the trees against it, and says
 /// where the time went.
+#[cfg(feature = "model")]
 #[test]
 fn loadtest_with_model_workers() {
     let report = loadtest(&["--model", "tiny", "--size", "8"]);
@@ -142,6 +143,7 @@ fn loadtest_with_model_workers() {
 }
 
 /// A registry whose current generation is another domain's is refused before anything starts.
+#[cfg(feature = "model")]
 #[test]
 fn loadtest_refuses_a_registry_of_another_domain() {
     let dir = std::env::temp_dir().join(format!("hch-loadtest-registry-{}", std::process::id()));
@@ -184,6 +186,7 @@ fn loadtest_refuses_a_registry_of_another_domain() {
 }
 
 /// `hch model-bench` prints one table row per preset and batch size.
+#[cfg(feature = "model")]
 #[test]
 fn model_bench_prints_its_table() {
     let out = Command::new(env!("CARGO_BIN_EXE_hch"))

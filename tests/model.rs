@@ -255,6 +255,15 @@ fn cached_encodings_give_bit_identical_logits() {
     assert_eq!(bits(&model.logits_cached(&queries, &mut tight)), cold);
     assert!(tight.bytes() <= tight.budget() && tight.len() < instances.len());
     assert!(tight.stats().read().2 > 0, "the tight cache never evicted");
+    // The gauges follow what is held, and a cache gives its share back when dropped (a worker's
+    // counters outlive the generations it serves).
+    let (.., bytes, entries) = tight.stats().read();
+    assert_eq!((bytes, entries), (tight.bytes() as u64, tight.len() as u64));
+    let shared = tight.stats().clone();
+    let next = EncodingCache::with_stats(one * 5 / 2, shared.clone());
+    drop(tight);
+    assert_eq!(shared.read().3, 0);
+    drop(next);
 
     // The training path (all instances encoded together, padded) agrees up to rounding.
     let forward = tch::no_grad(|| model.logits(&model.encode(&queries)));
@@ -267,23 +276,25 @@ fn cached_encodings_give_bit_identical_logits() {
     );
 
     // Other shapes of batch, which the decoder lays out differently: many questions about a few
-    // instances, one instance alone, and one instance with many questions beside several with one
-    // (keys and values gathered per question).
-    let lopsided = [
-        (0usize, 20usize),
-        (1, 1),
-        (2, 1),
-        (3, 1),
-        (4, 1),
-        (5, 1),
-        (6, 1),
-    ];
-    for shape in [&[(0, 20), (3, 17)][..], &[(3, 5)], &lopsided] {
+    // instances, one instance alone, and one instance with many questions beside many with one
+    // (a grid of them would be mostly empty: keys and values are gathered per question).
+    let many: Vec<Arc<Instance<Wildcard>>> = (0..21u64)
+        .map(|seed| {
+            Instance::generate(&domain, [6, 12, 64][seed as usize % 3], 200 + seed).unwrap()
+        })
+        .collect();
+    let lopsided: Vec<(usize, usize)> =
+        (0..21).map(|i| (i, if i == 0 { 100 } else { 1 })).collect();
+    for (pool, shape) in [
+        (&instances, &[(0, 20), (3, 17)][..]),
+        (&instances, &[(3, 5)][..]),
+        (&many, &lopsided[..]),
+    ] {
         let mut owned = Vec::new();
-        for round in 0..20 {
+        for round in 0..100 {
             for &(i, n) in shape {
                 if round < n {
-                    let instance = &instances[i];
+                    let instance = &pool[i];
                     owned.push((
                         instance.clone(),
                         domain.sample_question(instance.facts(), &mut rng),

@@ -13,15 +13,7 @@ fn round_trip<D: Domain>(d: &D, size: usize, seed: u64) -> Result<(), TestCaseEr
     let text = d.print_facts(&facts);
     prop_assert_eq!(&d.parse_facts(&text).unwrap(), &facts);
     // Printing is canonical: parse-print is the identity on printed text.
-    prop_assert_eq!(d.print_facts(&d.parse_facts(&text).unwrap()), text.clone());
-    // Which is what lets a worker take facts whose text hashes to their claimed id unprinted.
-    let instance = hch::domain::Instance::parse(d, &text).unwrap();
-    let claimed = hch::domain::Instance::parse_claimed(d, &text, instance.id()).unwrap();
-    prop_assert_eq!(claimed.id(), instance.id());
-    prop_assert_eq!(claimed.facts(), &facts);
-    let wrong = hch::domain::InstanceId([7; 32]);
-    let unclaimed = hch::domain::Instance::parse_claimed(d, &text, wrong).unwrap();
-    prop_assert_eq!(unclaimed.id(), instance.id());
+    prop_assert_eq!(d.print_facts(&d.parse_facts(&text).unwrap()), text);
     let mut rng = Rng::new(seed);
     for _ in 0..8 {
         let q = d.sample_question(&facts, &mut rng);

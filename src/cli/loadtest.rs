@@ -519,14 +519,28 @@ pub async fn run(args: LoadtestArgs) -> Result<()> {
         Workers::Model(served) => {
             let cluster = cluster.as_ref().expect("model workers run embedded");
             model::loaded(cluster, served.generation, Duration::from_secs(120)).await?;
-            // One tree first, to learn how many subquestions a tree asks: the raw batches are
+            // A few trees first, to learn how many subquestions a tree asks: the raw batches are
             // made of as many questions per instance.
-            let (code, _) = tree(u64::MAX - 1).await;
+            const PROBES: u64 = 4;
+            for probe in 0..PROBES {
+                let (code, degraded) = tree(u64::MAX - 1 - probe).await;
+                anyhow::ensure!(
+                    code == tonic::Code::Ok && !degraded,
+                    "a first tree {}; is the model serving --domain?",
+                    if degraded {
+                        "ran out of budget".to_string()
+                    } else {
+                        format!("failed ({code:?})")
+                    }
+                );
+            }
+            let asked = subquestions.swap(0, Ordering::Relaxed);
             anyhow::ensure!(
-                code == tonic::Code::Ok,
-                "the first tree failed ({code:?}); is the model serving --domain?"
+                asked > 0,
+                "the first trees asked the model nothing (their leaves were H's): nothing to measure; \
+                 choose a mode or question that reaches the model"
             );
-            let per_tree = subquestions.swap(0, Ordering::Relaxed).max(1) as usize;
+            let per_tree = (asked / PROBES).max(1) as usize;
             let instances = match args.instances {
                 0 => crate::model::throughput::Instances::Fresh,
                 n => crate::model::throughput::Instances::Recurring(n),

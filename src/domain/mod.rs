@@ -402,24 +402,6 @@ impl<D: Domain> Instance<D> {
         Ok(Self::new(domain, domain.parse_facts(text)?))
     }
 
-    /// Parses facts sent as the canonical text of instance `claimed` (what a coordinator sends a
-    /// worker). Text that hashes to the claim is that canonical text, which parsing reproduces
-    /// exactly, so the instance is made without printing and hashing it again; other text is
-    /// parsed as by [`Instance::parse`], and its id (which the caller compares with the claim)
-    /// is its own.
-    pub fn parse_claimed(
-        domain: &D,
-        text: &str,
-        claimed: InstanceId,
-    ) -> Result<Arc<Self>, DomainError> {
-        if InstanceId::of_text(text) != claimed {
-            return Self::parse(domain, text);
-        }
-        let facts = domain.parse_facts(text)?;
-        debug_assert_eq!(domain.print_facts(&facts), text, "canonical text reprints");
-        Ok(Arc::new(Self { id: claimed, facts }))
-    }
-
     pub fn id(&self) -> InstanceId {
         self.id
     }

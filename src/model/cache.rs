@@ -26,8 +26,9 @@ use std::sync::Arc;
 use super::net::Encoded;
 use crate::domain::InstanceId;
 
-/// Default budget: 256 MiB holds about 4,000 instances at the medium preset, 1,000 at the paper's
-/// (65 positions × width × 4 bytes × 2 (keys, values) × question layers each).
+/// Default budget. An instance takes 65 positions × width × 4 bytes × 2 (keys, values) × question
+/// layers: 256 MiB holds about 4,000 instances at the tiny preset, 670 at the medium one and 170 at
+/// the paper's (a GPU worker wants more: `hch worker --encoding-cache-mib`).
 pub const DEFAULT_BUDGET_BYTES: usize = 256 << 20;
 
 /// Counters of a cache, readable without its lock (for metrics).
@@ -36,9 +37,10 @@ pub struct CacheStats {
     pub hits: AtomicU64,
     pub misses: AtomicU64,
     pub evictions: AtomicU64,
-    /// Bytes held now.
+    /// Bytes held now, by every cache counting here (around a reload, the old generation's cache
+    /// holds its encodings until its last batch ends).
     pub bytes: AtomicU64,
-    /// Instances held now.
+    /// Instances held now, likewise.
     pub entries: AtomicU64,
 }
 
@@ -79,10 +81,9 @@ impl EncodingCache {
     }
 
     /// A cache counting into `stats`, which may outlive it: a worker's counters run on across the
-    /// generations it loads (each with an empty cache of its own; the gauges start again at zero).
+    /// generations it loads, each with an empty cache of its own (which takes back what it held
+    /// from the gauges when dropped).
     pub fn with_stats(budget_bytes: usize, stats: Arc<CacheStats>) -> Self {
-        stats.bytes.store(0, Ordering::Relaxed);
-        stats.entries.store(0, Ordering::Relaxed);
         Self {
             slots: HashMap::new(),
             by_use: BTreeMap::new(),
@@ -124,14 +125,14 @@ impl EncodingCache {
         }
         if let Some(old) = self.slots.remove(&id) {
             self.by_use.remove(&old.used);
-            self.held -= old.bytes;
+            self.release(old.bytes);
         }
         while self.held + bytes > self.budget {
             let Some((_, oldest)) = self.by_use.pop_first() else {
                 break;
             };
             if let Some(slot) = self.slots.remove(&oldest) {
-                self.held -= slot.bytes;
+                self.release(slot.bytes);
                 self.stats.evictions.fetch_add(1, Ordering::Relaxed);
             }
         }
@@ -146,10 +147,15 @@ impl EncodingCache {
             },
         );
         self.held += bytes;
-        self.stats.bytes.store(self.held as u64, Ordering::Relaxed);
-        self.stats
-            .entries
-            .store(self.slots.len() as u64, Ordering::Relaxed);
+        self.stats.bytes.fetch_add(bytes as u64, Ordering::Relaxed);
+        self.stats.entries.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Accounts for a slot that was removed.
+    fn release(&mut self, bytes: usize) {
+        self.held -= bytes;
+        self.stats.bytes.fetch_sub(bytes as u64, Ordering::Relaxed);
+        self.stats.entries.fetch_sub(1, Ordering::Relaxed);
     }
 
     /// Instances held.
@@ -169,5 +175,16 @@ impl EncodingCache {
     /// Whether `id` is held (not counted, not marked used).
     pub fn contains(&self, id: &InstanceId) -> bool {
         self.slots.contains_key(id)
+    }
+}
+
+impl Drop for EncodingCache {
+    fn drop(&mut self) {
+        self.stats
+            .bytes
+            .fetch_sub(self.held as u64, Ordering::Relaxed);
+        self.stats
+            .entries
+            .fetch_sub(self.slots.len() as u64, Ordering::Relaxed);
     }
 }

@@ -290,6 +290,10 @@ impl<D: Domain> Model<D> {
         queries: &[(&Arc<Instance<D>>, &D::Question)],
         cache: &mut EncodingCache,
     ) -> Tensor {
+        if queries.is_empty() {
+            let classes = self.config.answer_classes;
+            return Tensor::zeros([0, classes], (Kind::Float, self.device()));
+        }
         tch::no_grad(|| {
             let device = self.device();
             let mut ids: Vec<InstanceId> = Vec::new();

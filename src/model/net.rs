@@ -74,9 +74,10 @@ impl Attention {
     /// with the questions laid out by instance: `k`, `v` [I, h, L, d/h] hold the batch's
     /// instances, and question `b` sits at row `slots[b]` of an [I × G] grid (G: the most
     /// questions any instance has; `None`: one instance, the questions in order). One batched
-    /// product covers every instance, and nothing is copied per question: the keys and values
-    /// are read where they lie, the grid's empty rows are zero queries, computed and dropped.
-    /// `pad` [I, L] is true where an instance's keys are padding.
+    /// product covers every instance, and nothing is copied per question: each instance's keys
+    /// and values appear once (stacked, where there are several instances), and the grid's empty
+    /// rows are zero queries, computed and dropped. `pad` [I, L] is true where an instance's keys
+    /// are padding.
     fn attend_by_instance(
         &self,
         x: &Tensor,
@@ -91,9 +92,11 @@ impl Attention {
         let q = self.q.forward(x).view([b, d]);
         let q = match slots {
             None => q,
-            Some(slots) => q
-                .new_zeros([i * grid, d], (q.kind(), q.device()))
-                .index_copy(0, slots, &q),
+            Some(slots) => {
+                let mut grid_q = q.new_zeros([i * grid, d], (q.kind(), q.device()));
+                let _ = grid_q.index_copy_(0, slots, &q);
+                grid_q
+            }
         };
         let q = q.view([i, grid, h, dh]).transpose(1, 2);
         let mut scores = q.matmul(&k.transpose(-2, -1)) / (dh as f64).sqrt();

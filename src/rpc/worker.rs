@@ -191,7 +191,7 @@ impl AnswerCall {
                 instances.push(found);
                 continue;
             };
-            let instance = Instance::parse_claimed(domain, &text, facts.id)
+            let instance = Instance::parse(domain, &text)
                 .map_err(|e| ServiceError::invalid(format!("instance {i}: {e}")))?;
             if instance.id() != facts.id {
                 return Err(ServiceError::invalid(format!(

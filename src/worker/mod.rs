@@ -169,10 +169,13 @@ impl<D: Domain + Copy> DomainWorker for Typed<D> {
         self.cache.counts()
     }
 
+    #[cfg(feature = "model")]
     fn encoding_cache(&self) -> Option<(u64, u64, u64, u64, u64)> {
-        #[cfg(feature = "model")]
-        return self.encodings.as_ref().map(|s| s.read());
-        #[cfg(not(feature = "model"))]
+        self.encodings.as_ref().map(|s| s.read())
+    }
+
+    #[cfg(not(feature = "model"))]
+    fn encoding_cache(&self) -> Option<(u64, u64, u64, u64, u64)> {
         None
     }
 }
