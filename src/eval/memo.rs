@@ -131,10 +131,9 @@ impl<D: Domain> Drop for Computing<'_, D> {
     }
 }
 
-/// Slots allocated up front for each instance's table: none. Most tables serve one small tree
-/// (the 64-leaf fan-out of the load test, a training target's depth-1 tree), and an empty table
-/// allocates nothing until its first slot; larger trees pay a few rehashes as they grow.
-const MEMO_INITIAL_CAPACITY: usize = 0;
+/// Slots allocated up front for each instance's table: every tree puts at least its root there,
+/// and growing from nothing to a load-test tree's 63 nodes rehashed the table four times.
+const MEMO_INITIAL_CAPACITY: usize = 64;
 
 /// Shards per table: a table is touched by a handful of concurrent trees at most, so two shards
 /// keep contention low without the memory of dashmap's default (four per core).

@@ -106,7 +106,9 @@ pub struct TraceNode<D: Domain> {
     pub by: AnsweredBy,
     /// Set when the answer is degraded by a budget or failure.
     pub exhausted: Option<Exhausted>,
-    /// Start and end, relative to the start of the tree.
+    /// Start and end, relative to the start of the tree: the times of the walks of the tree in
+    /// which the node opened and was answered (nodes computed back to back within one walk share
+    /// its time; see `TreeState::walked`).
     pub start: Duration,
     pub end: Duration,
 }
@@ -262,12 +264,24 @@ impl<D: Domain> Recorder<D> {
     }
 
     pub fn finish(self, answerer: Option<AnswererId>) -> Trace<D> {
-        let mut nodes = self
+        let closed = self
             .nodes
             .into_inner()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
-        nodes.sort_unstable_by_key(|n| n.id);
-        Trace { nodes, answerer }
+        // Ids are handed out densely as nodes open, and nodes close children first: each goes
+        // to its place (a subtree cut off by the deadline leaves its ids empty), which moves each
+        // node twice where sorting them moved each many times.
+        let slots = closed.iter().map(|n| n.id as usize + 1).max().unwrap_or(0);
+        let mut placed: Vec<Option<TraceNode<D>>> = Vec::with_capacity(slots);
+        placed.resize_with(slots, || None);
+        for node in closed {
+            let id = node.id as usize;
+            placed[id] = Some(node);
+        }
+        Trace {
+            nodes: placed.into_iter().flatten().collect(),
+            answerer,
+        }
     }
 }
 

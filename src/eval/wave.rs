@@ -122,6 +122,7 @@ impl<D: Domain> TreeState<D> {
                     return Poll::Pending;
                 }
                 let mut tree_cx = std::task::Context::from_waker(&tree_waker);
+                self.walked();
                 if let Poll::Ready(answer) = root.as_mut().poll(&mut tree_cx) {
                     return Poll::Ready(answer);
                 }
