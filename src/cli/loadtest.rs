@@ -15,7 +15,7 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{Context, Result};
 use clap::Args;
@@ -33,8 +33,11 @@ use crate::server::{Cluster, ClusterConfig};
 use crate::with_domain;
 use crate::worker::{BatchTotals, WorkerConfig};
 
+mod load;
 #[cfg(feature = "model")]
 mod model;
+
+use load::{percentiles, phase, tree_phase, Load, Phase};
 
 #[derive(Args, Debug)]
 pub struct LoadtestArgs {
@@ -131,177 +134,6 @@ fn url(addr: &str) -> String {
     } else {
         format!("http://{addr}")
     }
-}
-
-/// What one phase measured.
-struct Phase {
-    count: u64,
-    elapsed: f64,
-    cores: f64,
-    latencies: Vec<Duration>,
-    failed: u64,
-}
-
-impl Phase {
-    fn rate(&self) -> f64 {
-        self.count as f64 / self.elapsed.max(1e-9)
-    }
-}
-
-/// Runs one load client per `make(i)` for `period`, each calling its closure in a loop, and counts
-/// the calls that succeed (and their latencies) and those that do not.
-async fn phase<M, C, Fut>(clients: usize, period: Duration, make: M) -> Result<Phase>
-where
-    M: Fn(usize) -> C,
-    C: FnMut() -> Fut + Send + 'static,
-    Fut: std::future::Future<Output = bool> + Send + 'static,
-{
-    let failed = Arc::new(AtomicU64::new(0));
-    let start = Instant::now();
-    let cpu_start = cpu_time();
-    let tasks: Vec<_> = (0..clients)
-        .map(|i| {
-            let mut call = make(i);
-            let failed = failed.clone();
-            tokio::spawn(async move {
-                let mut latencies = Vec::new();
-                while start.elapsed() < period {
-                    let t = Instant::now();
-                    if call().await {
-                        latencies.push(t.elapsed());
-                    } else {
-                        failed.fetch_add(1, Ordering::Relaxed);
-                    }
-                }
-                latencies
-            })
-        })
-        .collect();
-    let mut latencies = Vec::new();
-    for t in tasks {
-        latencies.extend(t.await.context("a load client panicked")?);
-    }
-    let elapsed = start.elapsed().as_secs_f64();
-    Ok(Phase {
-        count: latencies.len() as u64,
-        elapsed,
-        cores: (cpu_time() - cpu_start).as_secs_f64() / elapsed,
-        latencies,
-        failed: failed.load(Ordering::Relaxed),
-    })
-}
-
-/// How the tree phase loads the coordinator.
-#[derive(Clone, Copy, Debug)]
-enum Load {
-    /// This many clients, each with one tree in flight.
-    Closed(usize),
-    /// Trees started at this rate (a second) on a fixed schedule.
-    Open(f64),
-}
-
-/// What the tree phase measured.
-struct TreePhase {
-    samples: report::Samples,
-    elapsed: f64,
-    cores: f64,
-}
-
-/// Runs trees for `period` under `load`; `tree(seq)` asks the `seq`th and says how it went (its
-/// status, and whether it was degraded). An open-loop tree's latency counts from when it was
-/// due, so a stalled server shows up as latency rather than as trees never sent. The phase ends
-/// when the last tree started within `period` has finished.
-async fn tree_phase<F, Fut>(load: Load, period: Duration, tree: F) -> Result<TreePhase>
-where
-    F: Fn(u64) -> Fut + Clone + Send + Sync + 'static,
-    Fut: std::future::Future<Output = (tonic::Code, bool)> + Send + 'static,
-{
-    let start = Instant::now();
-    let cpu_start = cpu_time();
-    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<report::Sample>();
-    match load {
-        Load::Closed(clients) => {
-            let seq = Arc::new(AtomicU64::new(0));
-            for _ in 0..clients {
-                let (tree, tx, seq) = (tree.clone(), tx.clone(), seq.clone());
-                tokio::spawn(async move {
-                    while start.elapsed() < period {
-                        let sent = Instant::now();
-                        let (code, degraded) = tree(seq.fetch_add(1, Ordering::Relaxed)).await;
-                        let _ = tx.send(report::Sample {
-                            latency: sent.elapsed(),
-                            code,
-                            degraded,
-                        });
-                    }
-                });
-            }
-        }
-        Load::Open(rate) => {
-            for i in 0u64.. {
-                let due = start + Duration::from_secs_f64(i as f64 / rate);
-                if due >= start + period {
-                    break;
-                }
-                tokio::time::sleep_until(tokio::time::Instant::from_std(due)).await;
-                let (tree, tx) = (tree.clone(), tx.clone());
-                tokio::spawn(async move {
-                    let (code, degraded) = tree(i).await;
-                    let _ = tx.send(report::Sample {
-                        latency: due.elapsed(),
-                        code,
-                        degraded,
-                    });
-                });
-            }
-        }
-    }
-    drop(tx);
-    let mut samples = report::Samples::default();
-    // Ends when every tree's task has finished (and dropped its sender).
-    while let Some(sample) = rx.recv().await {
-        samples.add(sample);
-    }
-    let elapsed = start.elapsed().as_secs_f64();
-    Ok(TreePhase {
-        samples,
-        elapsed,
-        cores: (cpu_time() - cpu_start).as_secs_f64() / elapsed,
-    })
-}
-
-/// CPU time (user + system, all threads) this process has used so far, from /proc/self/stat
-/// (Linux; zero elsewhere). The kernel reports it in USER_HZ ticks, 100 per second on Linux.
-fn cpu_time() -> Duration {
-    let Ok(stat) = std::fs::read_to_string("/proc/self/stat") else {
-        return Duration::ZERO;
-    };
-    // The command name (field 2) may contain spaces; the fields after its closing paren are plain.
-    let Some(rest) = stat.rfind(')').map(|i| &stat[i + 1..]) else {
-        return Duration::ZERO;
-    };
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    // utime and stime are fields 14 and 15 of the whole line, 12 and 13 after the paren.
-    let ticks: u64 = [11, 12]
-        .iter()
-        .filter_map(|&i| fields.get(i)?.parse::<u64>().ok())
-        .sum();
-    Duration::from_millis(ticks * 10)
-}
-
-fn percentiles(mut v: Vec<Duration>) -> String {
-    if v.is_empty() {
-        return "no samples".to_string();
-    }
-    v.sort();
-    let at = |p: f64| v[((v.len() - 1) as f64 * p).round() as usize];
-    format!(
-        "p50 {:?}, p90 {:?}, p99 {:?}, max {:?}",
-        at(0.5),
-        at(0.9),
-        at(0.99),
-        v[v.len() - 1]
-    )
 }
 
 async fn connect(
@@ -541,78 +373,19 @@ pub async fn run(args: LoadtestArgs) -> Result<()> {
                  choose a mode or question that reaches the model"
             );
             let per_tree = (asked / PROBES).max(1) as usize;
-            let instances = match args.instances {
-                0 => crate::model::throughput::Instances::Fresh,
-                n => crate::model::throughput::Instances::Recurring(n),
+            let spec = model::RawSpec {
+                domain,
+                registry: served.registry.clone(),
+                size,
+                per_instance: per_tree,
+                instances: match args.instances {
+                    0 => crate::model::throughput::Instances::Fresh,
+                    n => crate::model::throughput::Instances::Recurring(n),
+                },
+                each: (period / 4).max(Duration::from_millis(500)),
+                cache_bytes: worker_config.encoding_cache_bytes,
             };
-            let max_batch = worker_config.batch.max_batch;
-            let batches: Vec<usize> = [16, 64, 256, max_batch]
-                .into_iter()
-                .filter(|&b| b <= max_batch)
-                .collect();
-            let each = (period / 4).max(Duration::from_millis(500));
-            let (registry, cache_bytes) =
-                (served.registry.clone(), worker_config.encoding_cache_bytes);
-            let (threads, cores) = (
-                worker_config.threads,
-                std::thread::available_parallelism().map_or(1, |n| n.get()),
-            );
-            let (raw, all_cores) = tokio::task::spawn_blocking(move || -> Result<_> {
-                let raw = model::raw(
-                    domain,
-                    &registry,
-                    size,
-                    per_tree,
-                    instances,
-                    &batches,
-                    each,
-                    cache_bytes,
-                )?;
-                // For reference: the best batch with every core, as if nothing else ran here.
-                let all_cores = if cores > threads {
-                    crate::model::set_threads(cores);
-                    let best = [raw.best().batch];
-                    let r = model::raw(
-                        domain,
-                        &registry,
-                        size,
-                        per_tree,
-                        instances,
-                        &best,
-                        each,
-                        cache_bytes,
-                    );
-                    crate::model::set_threads(threads);
-                    Some(r?.best())
-                } else {
-                    None
-                };
-                Ok((raw, all_cores))
-            })
-            .await
-            .context("the raw model phase panicked")??;
-            for r in &raw.rates {
-                println!(
-                    "raw model rate:       {:>10.0} questions/s at batch {} ({} questions per instance)",
-                    r.per_second(),
-                    r.batch,
-                    per_tree.min(r.batch)
-                );
-            }
-            let best = raw.best();
-            println!(
-                "raw model best:       {:>10.0} questions/s at batch {}, forward passes alone, {threads} libtorch thread(s) as the workers have",
-                best.per_second(),
-                best.batch,
-            );
-            if let Some(all) = all_cores {
-                println!(
-                    "raw model, all cores: {:>10.0} questions/s at batch {} with {cores} threads and nothing else running",
-                    all.per_second(),
-                    all.batch
-                );
-            }
-            (best.per_second(), all_cores.map(|r| r.per_second()))
+            model::baseline(spec, worker_config.batch.max_batch, worker_config.threads).await?
         }
         Workers::Oracle => (
             unary_baseline(&args, &cluster, &coordinator_addr, period).await?,

@@ -118,12 +118,12 @@ pub(super) async fn loaded(cluster: &Cluster, generation: u64, within: Duration)
 }
 
 /// The model's raw rate at each batch size.
-pub(super) struct Raw {
+struct Raw {
     pub rates: Vec<Rate>,
 }
 
 impl Raw {
-    pub fn best(&self) -> Rate {
+    fn best(&self) -> Rate {
         *self
             .rates
             .iter()
@@ -132,48 +132,91 @@ impl Raw {
     }
 }
 
-/// Measures the generation the workers serve, loaded here on the same device, on batches of
-/// `per_instance` questions per instance (the trees' subquestions per tree), from instances that
-/// recur as the trees' do: each batch size for `each`.
-#[allow(clippy::too_many_arguments)]
-pub(super) fn raw(
-    domain: DomainKind,
-    registry: &Path,
-    size: usize,
-    per_instance: usize,
-    instances: Instances,
-    batches: &[usize],
-    each: Duration,
-    cache_bytes: usize,
-) -> Result<Raw> {
-    with_domain!(domain, d => raw_typed(d, registry, size, per_instance, instances, batches, each, cache_bytes))
+/// What the raw phase measures: the generation the workers serve, loaded here on the same
+/// device, on batches of `per_instance` questions per instance (the trees' subquestions per tree),
+/// from instances that recur as the trees' do; each batch size for `each`.
+pub(super) struct RawSpec {
+    pub domain: DomainKind,
+    pub registry: PathBuf,
+    pub size: usize,
+    pub per_instance: usize,
+    pub instances: Instances,
+    pub each: Duration,
+    pub cache_bytes: usize,
 }
 
-#[allow(clippy::too_many_arguments)]
-fn raw_typed<D: Domain + Copy>(
-    domain: D,
-    registry: &Path,
-    size: usize,
-    per_instance: usize,
-    instances: Instances,
-    batches: &[usize],
-    each: Duration,
-    cache_bytes: usize,
-) -> Result<Raw> {
-    let reg = Registry::open(registry)?;
+/// The raw phase: the model's rate at batch 16 to `max_batch` with the workers' `threads`
+/// libtorch threads, and, for reference, its best batch with every core. Prints them; returns the
+/// best rate and the all-core one.
+pub(super) async fn baseline(
+    spec: RawSpec,
+    max_batch: usize,
+    threads: usize,
+) -> Result<(f64, Option<f64>)> {
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let batches: Vec<usize> = [16, 64, 256, max_batch]
+        .into_iter()
+        .filter(|&b| b <= max_batch)
+        .collect();
+    let per_instance = spec.per_instance;
+    let (raw, all_cores) = tokio::task::spawn_blocking(move || -> Result<_> {
+        let raw = raw(&spec, &batches)?;
+        let all_cores = if cores > threads {
+            crate::model::set_threads(cores);
+            let r = self::raw(&spec, &[raw.best().batch]);
+            crate::model::set_threads(threads);
+            Some(r?.best())
+        } else {
+            None
+        };
+        Ok((raw, all_cores))
+    })
+    .await
+    .context("the raw model phase panicked")??;
+    for r in &raw.rates {
+        println!(
+            "raw model rate:       {:>10.0} questions/s at batch {} ({} questions per instance)",
+            r.per_second(),
+            r.batch,
+            per_instance.min(r.batch)
+        );
+    }
+    let best = raw.best();
+    println!(
+        "raw model best:       {:>10.0} questions/s at batch {}, forward passes alone, {threads} libtorch thread(s) as the workers have",
+        best.per_second(),
+        best.batch,
+    );
+    if let Some(all) = all_cores {
+        println!(
+            "raw model, all cores: {:>10.0} questions/s at batch {} with {cores} threads and nothing else running",
+            all.per_second(),
+            all.batch
+        );
+    }
+    Ok((best.per_second(), all_cores.map(|r| r.per_second())))
+}
+
+/// Measures `spec` at each of `batches`.
+fn raw(spec: &RawSpec, batches: &[usize]) -> Result<Raw> {
+    with_domain!(spec.domain, d => raw_typed(d, spec, batches))
+}
+
+fn raw_typed<D: Domain + Copy>(domain: D, spec: &RawSpec, batches: &[usize]) -> Result<Raw> {
+    let reg = Registry::open(&spec.registry)?;
     let loaded = generation::load(&reg, None, domain, crate::model::pick_device())?;
     let mut rates = Vec::new();
     for &batch in batches {
         // A fresh cache per size, as a worker that just loaded the generation has.
-        let mut cache = EncodingCache::new(cache_bytes);
+        let mut cache = EncodingCache::new(spec.cache_bytes);
         rates.push(measure(
             &loaded.model,
             &mut cache,
-            size,
+            spec.size,
             batch,
-            per_instance,
-            instances,
-            each,
+            spec.per_instance,
+            spec.instances,
+            spec.each,
             2,
         )?);
     }
