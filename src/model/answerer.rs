@@ -16,7 +16,6 @@ use crate::domain::Domain;
 
 pub struct ModelAnswerer<D: Domain> {
     served: Arc<Mutex<Served<D>>>,
-    cache_stats: Arc<CacheStats>,
     id: AnswererId,
     one_by_one: bool,
 }
@@ -45,7 +44,6 @@ impl<D: Domain> ModelAnswerer<D> {
     ) -> Self {
         let cache = EncodingCache::with_stats(cache_bytes, stats);
         Self {
-            cache_stats: cache.stats().clone(),
             served: Arc::new(Mutex::new(Served { model, cache })),
             id,
             one_by_one: false,
@@ -61,11 +59,6 @@ impl<D: Domain> ModelAnswerer<D> {
             one_by_one: true,
             ..self
         }
-    }
-
-    /// The encoding cache's counters.
-    pub fn cache_stats(&self) -> &Arc<CacheStats> {
-        &self.cache_stats
     }
 }
 

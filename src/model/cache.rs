@@ -171,11 +171,6 @@ impl EncodingCache {
     pub fn bytes(&self) -> usize {
         self.held
     }
-
-    /// Whether `id` is held (not counted, not marked used).
-    pub fn contains(&self, id: &InstanceId) -> bool {
-        self.slots.contains_key(id)
-    }
 }
 
 impl Drop for EncodingCache {
