@@ -127,6 +127,40 @@ fn parse_pattern(c: &mut Cursor<'_>, stars: bool) -> Result<Pattern, ParseError>
     Ok(p)
 }
 
+/// Six bytes of `0`, `1` (and `*` if `stars`) read as a pattern, as [`parse_pattern`] reads them;
+/// `None` for anything else (the readers that call this fall back to the general parser, which
+/// words the error).
+fn plain_pattern(bytes: &[u8], stars: bool) -> Option<Pattern> {
+    let bytes: &[u8; WIDTH] = bytes.try_into().ok()?;
+    let mut p = Pattern { care: 0, bits: 0 };
+    for &c in bytes {
+        let (care, bit) = match c {
+            b'0' => (1, 0),
+            b'1' => (1, 1),
+            b'*' if stars => (0, 0),
+            _ => return None,
+        };
+        p.care = (p.care << 1) | care;
+        p.bits = (p.bits << 1) | bit;
+    }
+    Some(p)
+}
+
+/// An answer as `print_answer` writes it (`-3`, `0`, `12`), read directly; `None` for anything
+/// else, which the general reader reads or rejects.
+fn plain_answer(bytes: &[u8]) -> Option<i32> {
+    let (negative, digits) = match bytes {
+        [b'-', rest @ ..] => (true, rest),
+        _ => (false, bytes),
+    };
+    let n = match *digits {
+        [d @ b'0'..=b'9'] => (d - b'0') as i32,
+        [d @ b'1'..=b'9', e @ b'0'..=b'9'] => ((d - b'0') * 10 + (e - b'0')) as i32,
+        _ => return None,
+    };
+    (n <= FULL_SIZE as i32).then_some(if negative { -n } else { n })
+}
+
 /// Reads facts in the form printers write, `010011:+1 110000:-1` (ASCII spaces, tabs or newlines
 /// between facts), a byte at a time; `None` for anything else, which [`parse_facts_general`] then
 /// reads or rejects with its message. Every text this accepts, the general parser accepts with the
@@ -151,15 +185,7 @@ fn parse_plain_facts(text: &str) -> Option<Facts> {
             return Some(Facts { values });
         }
         let fact = bytes.get(i..i + FACT)?;
-        let mut bits = 0u8;
-        for &c in &fact[..WIDTH] {
-            bits = (bits << 1)
-                | match c {
-                    b'0' => 0,
-                    b'1' => 1,
-                    _ => return None,
-                };
-        }
+        let bits = plain_pattern(&fact[..WIDTH], false)?.bits;
         let value = match &fact[WIDTH..] {
             b":+1" => 1,
             b":-1" => -1,
@@ -307,6 +333,10 @@ impl Domain for Wildcard {
     }
 
     fn parse_question(&self, text: &str) -> Result<Pattern, ParseError> {
+        // The printed form directly: a worker reads a question per leaf.
+        if let Some(p) = plain_pattern(text.as_bytes(), true) {
+            return Ok(p);
+        }
         let mut c = Cursor::new(text);
         let p = parse_pattern(&mut c, true)?;
         c.finish("pattern")?;
@@ -318,6 +348,10 @@ impl Domain for Wildcard {
     }
 
     fn parse_answer(&self, text: &str) -> Result<i32, ParseError> {
+        // The printed form directly: the coordinator reads an answer per leaf.
+        if let Some(n) = plain_answer(text.as_bytes()) {
+            return Ok(n);
+        }
         let mut c = Cursor::new(text);
         let negative = if c.eat('-') {
             true
@@ -448,6 +482,55 @@ mod tests {
             Wildcard.parse_facts("010011 : +1\u{a0}110000:-1").unwrap(),
             Wildcard.parse_facts("010011:+1 110000:-1").unwrap()
         );
+    }
+
+    #[test]
+    fn questions_and_answers_read_directly_read_as_the_general_parser_reads_them() {
+        for care in 0..=Pattern::ALL {
+            for bits in 0..=Pattern::ALL {
+                let p = Pattern {
+                    care,
+                    bits: bits & care,
+                };
+                let text = Wildcard.print_question(&p);
+                assert_eq!(plain_pattern(text.as_bytes(), true), Some(p), "{text}");
+                let mut c = Cursor::new(&text);
+                assert_eq!(parse_pattern(&mut c, true).unwrap(), p, "{text}");
+            }
+        }
+        for answer in -(FULL_SIZE as i32)..=FULL_SIZE as i32 {
+            let text = Wildcard.print_answer(&answer);
+            assert_eq!(plain_answer(text.as_bytes()), Some(answer), "{text}");
+        }
+        assert_eq!(plain_answer(b"-0"), Wildcard.parse_answer(" -0 ").ok());
+        // Other forms go to the general reader, which accepts some and words the errors of the rest.
+        for (text, read) in [
+            ("+5", Some(5)),
+            (" 7 ", Some(7)),
+            ("007", Some(7)),
+            ("65", None),
+            ("-65", None),
+            ("--1", None),
+            ("", None),
+            ("1x", None),
+        ] {
+            assert_eq!(
+                plain_answer(text.as_bytes()).filter(|_| text != "-0"),
+                None,
+                "{text:?}"
+            );
+            assert_eq!(Wildcard.parse_answer(text).ok(), read, "{text:?}");
+        }
+        for (text, read) in [
+            (" 01*1*0", true),
+            ("01*1*0 ", true),
+            ("01*1*", false),
+            ("01*1*02", false),
+            ("01*1*x", false),
+        ] {
+            assert_eq!(plain_pattern(text.as_bytes(), true), None, "{text:?}");
+            assert_eq!(Wildcard.parse_question(text).is_ok(), read, "{text:?}");
+        }
     }
 
     proptest! {
