@@ -21,7 +21,7 @@ use std::io::{self, Read};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use sha2::{Digest, Sha256};
+use ring::digest;
 
 /// Distinguishes temporary files of concurrent writers within one process (the process id
 /// distinguishes processes).
@@ -152,7 +152,7 @@ pub fn read_small(path: &Path, max_bytes: u64) -> io::Result<Vec<u8>> {
 /// chunks so that files of any size (model weights) hash in constant memory.
 pub fn sha256_file(path: &Path) -> io::Result<(String, u64)> {
     let mut file = File::open(path)?;
-    let mut hasher = Sha256::new();
+    let mut hasher = digest::Context::new(&digest::SHA256);
     let mut buf = vec![0u8; HASH_BUFFER_BYTES];
     let mut total: u64 = 0;
     loop {
@@ -165,12 +165,20 @@ pub fn sha256_file(path: &Path) -> io::Result<(String, u64)> {
         hasher.update(&buf[..n]);
         total += n as u64;
     }
-    Ok((hex::encode(hasher.finalize()), total))
+    Ok((hex::encode(hasher.finish()), total))
 }
 
 /// The SHA-256 of a byte slice, lowercase hex.
 pub fn sha256_bytes(bytes: &[u8]) -> String {
-    hex::encode(Sha256::digest(bytes))
+    hex::encode(sha256(bytes))
+}
+
+/// The SHA-256 of a byte slice.
+pub fn sha256(bytes: &[u8]) -> [u8; 32] {
+    digest::digest(&digest::SHA256, bytes)
+        .as_ref()
+        .try_into()
+        .expect("a SHA-256 digest is 32 bytes")
 }
 
 /// Scratch directories for unit tests.
@@ -219,6 +227,27 @@ mod tests {
             .collect();
         names.sort();
         names
+    }
+
+    #[test]
+    fn sha256_gives_the_standard_digests() {
+        // FIPS 180-2's examples, and a file hashed in chunks equal to the slice hashed at once.
+        assert_eq!(
+            sha256_bytes(b"abc"),
+            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+        );
+        assert_eq!(
+            sha256_bytes(b""),
+            "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
+        );
+        let dir = TestDir::new("sha");
+        let path = dir.0.join("big");
+        let content: Vec<u8> = (0..HASH_BUFFER_BYTES * 2 + 7).map(|i| i as u8).collect();
+        fs::write(&path, &content).unwrap();
+        assert_eq!(
+            sha256_file(&path).unwrap(),
+            (sha256_bytes(&content), content.len() as u64)
+        );
     }
 
     #[test]

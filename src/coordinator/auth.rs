@@ -20,7 +20,6 @@
 use std::path::Path;
 
 use serde::Deserialize;
-use sha2::{Digest, Sha256};
 
 use crate::rpc::ServiceError;
 
@@ -136,7 +135,7 @@ impl Tokens {
                         .to_string(),
                 )
             })?;
-        let hash: [u8; 32] = Sha256::digest(token.trim().as_bytes()).into();
+        let hash = crate::fsutil::sha256(token.trim().as_bytes());
         // Every entry is compared, in constant time, so the time taken says nothing about which
         // bytes of which hash matched.
         let mut found = None;
@@ -170,7 +169,7 @@ pub fn new_token(name: &str, rights: &[&str]) -> Result<(String, String), String
     let token = hex::encode(bytes);
     let entry = serde_json::json!({
         "name": name,
-        "token_sha256": hex::encode(Sha256::digest(token.as_bytes())),
+        "token_sha256": crate::fsutil::sha256_bytes(token.as_bytes()),
         "rights": rights,
     });
     Ok((token, entry.to_string()))

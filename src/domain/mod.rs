@@ -27,8 +27,6 @@ use std::str::FromStr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-use sha2::{Digest, Sha256};
-
 // The one import from the domains back into the evaluator, by design: H is a program over an
 // `ask` capability (it asks subquestions and combines their answers), and the evaluator is what
 // answers them. Everything else flows one way, from the evaluator to the domains.
@@ -357,7 +355,7 @@ pub struct InstanceId(pub [u8; 32]);
 
 impl InstanceId {
     pub fn of_text(canonical: &str) -> Self {
-        Self(Sha256::digest(canonical.as_bytes()).into())
+        Self(crate::fsutil::sha256(canonical.as_bytes()))
     }
 
     /// Short hex prefix for logs and traces.

@@ -317,19 +317,27 @@ impl Domain for Wildcard {
     }
 
     fn print_facts(&self, facts: &Facts) -> String {
-        let mut out = String::with_capacity(facts.strings().count() * 10);
+        // A fact's nine bytes at a time: facts are printed a few times per tree (the id is the
+        // hash of this text, and it is how facts travel), char by char that was 6,000
+        // instructions for a full instance.
+        const FACT: usize = WIDTH + 3;
+        let mut out = Vec::with_capacity(facts.strings().count() * (FACT + 1));
         for (s, v) in facts.strings() {
             if !out.is_empty() {
-                out.push(' ');
+                out.push(b' ');
             }
-            let p = Pattern {
-                care: Pattern::ALL,
-                bits: s,
-            };
-            out.extend((0..WIDTH).map(|i| bit_char(p, i)));
-            out.push_str(if v > 0 { ":+1" } else { ":-1" });
+            let mut fact = *b"000000:+1";
+            for (i, c) in fact[..WIDTH].iter_mut().enumerate() {
+                if (s >> (WIDTH - 1 - i)) & 1 == 1 {
+                    *c = b'1';
+                }
+            }
+            if v < 0 {
+                fact[WIDTH + 1] = b'-';
+            }
+            out.extend_from_slice(&fact);
         }
-        out
+        String::from_utf8(out).expect("ASCII")
     }
 
     fn parse_question(&self, text: &str) -> Result<Pattern, ParseError> {
