@@ -160,16 +160,16 @@ pub(super) async fn baseline(
         .collect();
     let per_instance = spec.per_instance;
     let (raw, all_cores) = tokio::task::spawn_blocking(move || -> Result<_> {
-        let raw = raw(&spec, &batches)?;
+        let measured = raw(&spec, &batches)?;
         let all_cores = if cores > threads {
             crate::model::set_threads(cores);
-            let r = self::raw(&spec, &[raw.best().batch]);
+            let r = raw(&spec, &[measured.best().batch]);
             crate::model::set_threads(threads);
             Some(r?.best())
         } else {
             None
         };
-        Ok((raw, all_cores))
+        Ok((measured, all_cores))
     })
     .await
     .context("the raw model phase panicked")??;
