@@ -9,10 +9,10 @@
 //! pending
 //! (some node is computing it) or done. The first evaluation to arrive claims the slot and computes;
 //! every other one, in the same tree or in a concurrent one, waits for that result instead of
-//! recomputing. If the computing node is dropped (its tree was cancelled), its claim removes the
-//! pending slot and wakes the waiters, one of which takes over: cancelling one tree never strands
-//! another. A waiter list is allocated only when a second evaluation actually waits, so the common
-//! case costs one map insert and one update.
+//! recomputing. If the computing node is dropped (its tree was cancelled), its claim releases the
+//! slot and wakes the waiters, one of which takes over: cancelling one tree never strands another.
+//! A waiter list is allocated only when a second evaluation actually waits, so the common case
+//! costs one map insert and one store by index.
 //!
 //! What makes two evaluations "the same" is the question, the answerer's identity and the
 //! *horizon* (remaining depth), never the question alone: the shortest-path and union-find overseers
@@ -29,7 +29,10 @@ use std::ops::Deref;
 use std::pin::pin;
 use std::sync::{Arc, Weak};
 
-use dashmap::mapref::entry::Entry;
+use std::collections::hash_map::Entry;
+use std::collections::HashMap;
+use std::sync::{Mutex, MutexGuard};
+
 use dashmap::DashMap;
 use rustc_hash::FxHasher;
 use tokio::sync::Notify;
@@ -87,7 +90,12 @@ enum Slot<A> {
     /// Being computed; the `Notify` exists once someone waits.
     Pending(Option<Arc<Notify>>),
     Done(Memoed<A>),
+    /// Its computing node was cancelled before finishing: the next evaluation to arrive claims it.
+    Released,
 }
+
+/// Where a question's slot is in its table (stable for the table's life).
+pub(crate) type SlotIx = u32;
 
 /// The outcome of [`Memo::claim`].
 pub(crate) enum Claim<'m, D: Domain> {
@@ -100,22 +108,20 @@ pub(crate) enum Claim<'m, D: Domain> {
 /// The right (and duty) to compute one memo slot. Dropping it unfinished releases the slot.
 pub(crate) struct Computing<'m, D: Domain> {
     memo: &'m Memo<D>,
-    key: Option<MemoKey<D>>,
+    /// `None` once finished.
+    slot: Option<SlotIx>,
 }
 
 impl<D: Domain> Computing<'_, D> {
     /// Publishes the value and wakes everyone waiting for it.
     pub fn finish(mut self, value: Memoed<D::Answer>) {
-        let Some(key) = self.key.take() else { return };
-        let waiters = match self.memo.table.get_mut(&key) {
-            Some(mut slot) => match std::mem::replace(&mut *slot, Slot::Done(value)) {
-                Slot::Pending(waiters) => waiters,
-                Slot::Done(_) => None,
-            },
-            None => None,
-        };
-        if let Some(w) = waiters {
-            w.notify_waiters();
+        let Some(slot) = self.slot.take() else { return };
+        let previous = std::mem::replace(
+            &mut self.memo.lock().slots[slot as usize],
+            Slot::Done(value),
+        );
+        if let Slot::Pending(Some(waiters)) = previous {
+            waiters.notify_waiters();
         }
     }
 }
@@ -123,9 +129,11 @@ impl<D: Domain> Computing<'_, D> {
 impl<D: Domain> Drop for Computing<'_, D> {
     fn drop(&mut self) {
         // Unfinished: the computing node was cancelled. Free the slot for a waiter to claim.
-        if let Some(key) = self.key.take() {
-            if let Some((_, Slot::Pending(Some(w)))) = self.memo.table.remove(&key) {
-                w.notify_waiters();
+        if let Some(slot) = self.slot.take() {
+            let previous =
+                std::mem::replace(&mut self.memo.lock().slots[slot as usize], Slot::Released);
+            if let Slot::Pending(Some(waiters)) = previous {
+                waiters.notify_waiters();
             }
         }
     }
@@ -135,23 +143,29 @@ impl<D: Domain> Drop for Computing<'_, D> {
 /// and growing from nothing to a load-test tree's 63 nodes rehashed the table four times.
 const MEMO_INITIAL_CAPACITY: usize = 64;
 
-/// Shards per table: a table is touched by a handful of concurrent trees at most, so two shards
-/// keep contention low without the memory of dashmap's default (four per core).
-const MEMO_SHARDS: usize = 2;
-
 /// Per-instance memo table (see the module docs).
+///
+/// Questions map to slots in a vector, so that a node looks its question up once (to claim it)
+/// and publishes its answer by index, without hashing and probing again: on a table that has gone
+/// cold while the node's subtree ran, the second lookup was half of the memo's cost. One lock for
+/// the table: it is touched by the few trees about one instance, each holding the lock for a
+/// probe or a store, and a plain mutex costs half of a sharded map's locking and hashing.
 pub struct Memo<D: Domain> {
-    table: DashMap<MemoKey<D>, Slot<D::Answer>, BuildHasherDefault<FxHasher>>,
+    table: Mutex<Table<D>>,
+}
+
+struct Table<D: Domain> {
+    index: HashMap<MemoKey<D>, SlotIx, BuildHasherDefault<FxHasher>>,
+    slots: Vec<Slot<D::Answer>>,
 }
 
 impl<D: Domain> Default for Memo<D> {
     fn default() -> Self {
         Self {
-            table: DashMap::with_capacity_and_hasher_and_shard_amount(
-                MEMO_INITIAL_CAPACITY,
-                Default::default(),
-                MEMO_SHARDS,
-            ),
+            table: Mutex::new(Table {
+                index: HashMap::with_capacity_and_hasher(MEMO_INITIAL_CAPACITY, Default::default()),
+                slots: Vec::with_capacity(MEMO_INITIAL_CAPACITY),
+            }),
         }
     }
 }
@@ -232,50 +246,68 @@ impl<D: Domain> Drop for MemoLease<D> {
 }
 
 impl<D: Domain> Memo<D> {
-    /// Without waiting: the finished value for `key`, or the claim to compute it; `Err(key)` if
+    fn lock(&self) -> MutexGuard<'_, Table<D>> {
+        // A panic cannot leave a table half-updated: every change is one store.
+        self.table.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Without waiting: the finished value for `key`, or the claim to compute it; `Err(slot)` if
     /// it is being computed (then [`Memo::claim`] waits for it).
-    pub(crate) fn try_claim(&self, key: MemoKey<D>) -> Result<Claim<'_, D>, MemoKey<D>> {
-        match self.table.entry(key) {
+    pub(crate) fn try_claim(&self, key: MemoKey<D>) -> Result<Claim<'_, D>, SlotIx> {
+        let mut guard = self.lock();
+        let table = &mut *guard;
+        let slot = match table.index.entry(key) {
             Entry::Vacant(vacant) => {
-                let key = vacant.key().clone();
-                vacant.insert(Slot::Pending(None));
-                Ok(Claim::Compute(Computing {
+                let slot = SlotIx::try_from(table.slots.len())
+                    .expect("a tree's node budget keeps a table far below 2^32 slots");
+                table.slots.push(Slot::Pending(None));
+                vacant.insert(slot);
+                return Ok(Claim::Compute(Computing {
                     memo: self,
-                    key: Some(key),
+                    slot: Some(slot),
+                }));
+            }
+            Entry::Occupied(occupied) => *occupied.get(),
+        };
+        self.arrive(table, slot).ok_or(slot)
+    }
+
+    /// What an evaluation arriving at an existing slot gets without waiting: the value, or the
+    /// claim of a slot whose computing node was cancelled; `None` while it is being computed.
+    fn arrive(&self, table: &mut Table<D>, slot: SlotIx) -> Option<Claim<'_, D>> {
+        let s = &mut table.slots[slot as usize];
+        match s {
+            Slot::Done(m) => Some(Claim::Hit(m.clone())),
+            Slot::Released => {
+                *s = Slot::Pending(None);
+                Some(Claim::Compute(Computing {
+                    memo: self,
+                    slot: Some(slot),
                 }))
             }
-            Entry::Occupied(occupied) => match occupied.get() {
-                Slot::Done(m) => Ok(Claim::Hit(m.clone())),
-                Slot::Pending(_) => Err(occupied.key().clone()),
-            },
+            Slot::Pending(_) => None,
         }
     }
 
-    /// Returns the finished value for `key`, waiting if it is being computed, or the claim to
-    /// compute it.
-    pub(crate) async fn claim(&self, mut key: MemoKey<D>) -> Claim<'_, D> {
+    /// Returns the finished value of `slot`, waiting while it is being computed, or the claim to
+    /// compute it (if its computing node was cancelled).
+    pub(crate) async fn claim(&self, slot: SlotIx) -> Claim<'_, D> {
         loop {
-            key = match self.try_claim(key) {
-                Ok(claim) => return claim,
-                Err(key) => key,
-            };
-            let waiter = match self.table.get_mut(&key).as_deref_mut() {
-                Some(Slot::Pending(w)) => w.get_or_insert_with(Default::default).clone(),
-                Some(Slot::Done(m)) => return Claim::Hit(m.clone()),
-                // Released since: claim it afresh.
-                None => continue,
+            let waiter = {
+                let mut table = self.lock();
+                match &mut table.slots[slot as usize] {
+                    Slot::Pending(w) => w.get_or_insert_with(Default::default).clone(),
+                    _ => match self.arrive(&mut table, slot) {
+                        Some(claim) => return claim,
+                        None => continue,
+                    },
+                }
             };
             let mut notified = pin!(waiter.notified());
             // Register before looking again, so a wake-up between the two cannot be missed; the
             // slot may have finished (or been released) while the lock was not held.
             notified.as_mut().enable();
-            // (The read guard must be gone before awaiting: the computing node needs the write
-            // lock to publish.)
-            let pending = match self.table.get(&key).as_deref() {
-                Some(Slot::Pending(_)) => true,
-                Some(Slot::Done(m)) => return Claim::Hit(m.clone()),
-                None => false,
-            };
+            let pending = matches!(self.lock().slots[slot as usize], Slot::Pending(_));
             if pending {
                 notified.await;
             }
@@ -284,10 +316,10 @@ impl<D: Domain> Memo<D> {
 
     /// Number of slots (finished or in flight).
     pub fn len(&self) -> usize {
-        self.table.len()
+        self.lock().index.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.table.is_empty()
+        self.len() == 0
     }
 }

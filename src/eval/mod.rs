@@ -235,6 +235,7 @@ impl<D: Domain> Evaluator<D> {
             horizon_free: mode == Mode::Exact && budget.max_depth.is_none(),
             max_nodes: budget.max_nodes.unwrap_or(u64::MAX),
             deadline: deadline_start.zip(budget.deadline).map(|(s, d)| s + d),
+            past_deadline: AtomicBool::new(false),
             memo: self.options.memo.then(|| self.memos.lease(instance.id())),
             recorder: self.options.trace.then(Recorder::new),
             leaves: Mutex::new(Leaves::default()),
@@ -316,7 +317,7 @@ impl<D: Domain> Copy for Ask<'_, D> {}
 impl<'a, D: Domain> Ask<'a, D> {
     /// Asks one subquestion. `None` is an unknown answer.
     pub fn one(&self, question: D::Question) -> BoxFuture<'a, Option<D::Answer>> {
-        self.asked.fetch_add(1, Ordering::Relaxed);
+        bump(self.asked);
         if self.probe {
             return Box::pin(std::future::pending());
         }
@@ -362,6 +363,8 @@ struct TreeState<D: Domain> {
     horizon_free: bool,
     max_nodes: u64,
     deadline: Option<Instant>,
+    /// The deadline has been seen to pass (see [`TreeState::past_deadline`]).
+    past_deadline: AtomicBool,
     /// This tree's hold on its instance's memo table, unless the memo is off.
     memo: Option<MemoLease<D>>,
     recorder: Option<Recorder<D>>,
@@ -384,6 +387,39 @@ struct TreeState<D: Domain> {
 
 type NodeOutcome<A> = (Option<A>, AnsweredBy, Option<Exhausted>);
 
+/// Adds one to a counter of one tree, returning its value before.
+///
+/// A tree is one future (its nodes are joined, never spawned: see the module docs), polled by one
+/// task at a time, so its counters never have two writers at once, and a load and a store do what
+/// `fetch_add` does without its locked instruction (about 20 cycles each, and a node bumped
+/// three). The atomics are there for `Sync`, not for concurrent updates.
+fn bump<T: Counter>(counter: &T) -> T::Value {
+    counter.bump()
+}
+
+trait Counter {
+    type Value;
+    fn bump(&self) -> Self::Value;
+}
+
+impl Counter for AtomicU32 {
+    type Value = u32;
+    fn bump(&self) -> u32 {
+        let v = self.load(Ordering::Relaxed);
+        self.store(v.wrapping_add(1), Ordering::Relaxed);
+        v
+    }
+}
+
+impl Counter for AtomicU64 {
+    type Value = u64;
+    fn bump(&self) -> u64 {
+        let v = self.load(Ordering::Relaxed);
+        self.store(v.wrapping_add(1), Ordering::Relaxed);
+        v
+    }
+}
+
 impl<D: Domain> TreeState<D> {
     fn eval(
         &self,
@@ -392,7 +428,7 @@ impl<D: Domain> TreeState<D> {
         parent: Option<NodeId>,
     ) -> BoxFuture<'_, Option<D::Answer>> {
         Box::pin(async move {
-            let id = self.next_node.fetch_add(1, Ordering::Relaxed);
+            let id = bump(&self.next_node);
             if let Some(events) = &self.events {
                 let _ = events.send(NodeEvent::Opened {
                     id,
@@ -446,10 +482,30 @@ impl<D: Domain> TreeState<D> {
     /// (the TSC through `quanta`) is read once per walk rather than twice per node, which was a
     /// tenth of the time of a tree evaluated in process.
     fn walked(&self) {
+        if let Some(deadline) = self.deadline {
+            if Instant::now() >= deadline {
+                self.past_deadline.store(true, Ordering::Relaxed);
+            }
+        }
         if self.observed() {
             let now = self.trace_epoch.elapsed().as_nanos() as u64;
             self.walked_at.store(now, Ordering::Relaxed);
         }
+    }
+
+    /// Whether the tree's deadline has passed, as node `id` opens. The clock is read as each walk
+    /// begins (see [`TreeState::walked`]) and at every 32nd node within a walk, not at every node:
+    /// a walk that waits for nothing (an exact tree) still stops within 32 nodes of its deadline,
+    /// and the clock, read per node, was 1.5% of a load-tested coordinator's time.
+    fn past_deadline(&self, id: NodeId) -> bool {
+        if self.past_deadline.load(Ordering::Relaxed) {
+            return true;
+        }
+        let past = id % 32 == 0 && self.deadline.is_some_and(|d| Instant::now() >= d);
+        if past {
+            self.past_deadline.store(true, Ordering::Relaxed);
+        }
+        past
     }
 
     /// The time of the current walk, since the start of the tree.
@@ -458,11 +514,9 @@ impl<D: Domain> TreeState<D> {
     }
 
     async fn node(&self, question: &D::Question, depth: u32, id: NodeId) -> NodeOutcome<D::Answer> {
-        if let Some(deadline) = self.deadline {
-            if Instant::now() >= deadline {
-                self.exhaust(Exhausted::Deadline);
-                return (None, AnsweredBy::Nobody, Some(Exhausted::Deadline));
-            }
+        if self.deadline.is_some() && self.past_deadline(id) {
+            self.exhaust(Exhausted::Deadline);
+            return (None, AnsweredBy::Nobody, Some(Exhausted::Deadline));
         }
         // The node's future lives in memory for as long as its subtree is in flight, and a tree
         // walk touches every pending node: the rare paths (waiting on another evaluation, budget
@@ -479,13 +533,13 @@ impl<D: Domain> TreeState<D> {
             };
             let claim = match memo.try_claim(key) {
                 Ok(claim) => claim,
-                Err(key) => Box::pin(memo.claim(key)).await,
+                Err(slot) => Box::pin(memo.claim(slot)).await,
             };
             match claim {
                 Claim::Compute(claim) => Some(claim),
                 // Taken unless it depended on another tree's exhausted budget.
                 Claim::Hit(m) if m.tainted_by.map_or(true, |t| t == self.tree) => {
-                    self.memo_hits.fetch_add(1, Ordering::Relaxed);
+                    bump(&self.memo_hits);
                     return (m.answer, AnsweredBy::Memo, None);
                 }
                 Claim::Hit(_) => None,
@@ -509,7 +563,7 @@ impl<D: Domain> TreeState<D> {
         depth: u32,
         id: NodeId,
     ) -> NodeOutcome<D::Answer> {
-        if self.nodes.fetch_add(1, Ordering::Relaxed) >= self.max_nodes {
+        if bump(&self.nodes) >= self.max_nodes {
             return Box::pin(self.degrade(question, Exhausted::Nodes)).await;
         }
         if depth >= self.depth_limit {

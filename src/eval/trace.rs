@@ -245,8 +245,13 @@ impl TraceView {
 }
 
 /// Collects nodes while a tree runs.
+///
+/// Node ids are handed out densely as nodes open, and nodes close children first: each node is
+/// put in its place (by id) as it closes, so that finishing the trace is one pass that drops the
+/// places left empty (a subtree cut off by the deadline leaves its ids empty). Sorting the nodes at
+/// the end moved each many times; placing them at the end moved each twice.
 pub(crate) struct Recorder<D: Domain> {
-    nodes: Mutex<Vec<TraceNode<D>>>,
+    nodes: Mutex<Vec<Option<TraceNode<D>>>>,
 }
 
 impl<D: Domain> Recorder<D> {
@@ -257,27 +262,22 @@ impl<D: Domain> Recorder<D> {
     }
 
     pub fn close(&self, node: TraceNode<D>) {
-        self.nodes
+        let mut nodes = self
+            .nodes
             .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .push(node);
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let id = node.id as usize;
+        if id >= nodes.len() {
+            nodes.resize_with(id + 1, || None);
+        }
+        nodes[id] = Some(node);
     }
 
     pub fn finish(self, answerer: Option<AnswererId>) -> Trace<D> {
-        let closed = self
+        let placed = self
             .nodes
             .into_inner()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
-        // Ids are handed out densely as nodes open, and nodes close children first: each goes
-        // to its place (a subtree cut off by the deadline leaves its ids empty), which moves each
-        // node twice where sorting them moved each many times.
-        let slots = closed.iter().map(|n| n.id as usize + 1).max().unwrap_or(0);
-        let mut placed: Vec<Option<TraceNode<D>>> = Vec::with_capacity(slots);
-        placed.resize_with(slots, || None);
-        for node in closed {
-            let id = node.id as usize;
-            placed[id] = Some(node);
-        }
         Trace {
             nodes: placed.into_iter().flatten().collect(),
             answerer,

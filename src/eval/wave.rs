@@ -60,7 +60,7 @@ impl<D: Domain> TreeState<D> {
             self.exhaust(Exhausted::AnswererFailed);
             return (None, AnsweredBy::Nobody, Some(Exhausted::AnswererFailed));
         }
-        self.answerer_queries.fetch_add(1, Ordering::Relaxed);
+        super::bump(&self.answerer_queries);
         let slot = {
             let mut leaves = self.lock_leaves();
             leaves.asked.push(Query {
