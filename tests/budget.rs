@@ -184,6 +184,33 @@ async fn deadline_cuts_a_slow_sequential_tree_and_spares_a_fast_one() {
 }
 
 #[tokio::test]
+async fn a_tree_that_waits_for_nothing_still_stops_at_its_deadline() {
+    // Exact mode asks no answerer, so the whole tree is one walk that never yields to the
+    // deadline's timer: the nodes themselves must see the deadline pass (on the real clock here,
+    // where a nanosecond has passed before the first node opens).
+    let d = Wildcard;
+    let instance = Instance::generate(&d, FULL_SIZE, 3).unwrap();
+    let q = d.parse_question("******").unwrap();
+    let evaluator = Evaluator::new(d, None, EvalOptions::default());
+    let budget = Budget {
+        deadline: Some(Duration::from_nanos(1)),
+        ..Budget::default()
+    };
+    let r = evaluator
+        .evaluate(&instance, q, Mode::Exact, budget)
+        .await
+        .unwrap();
+    assert_eq!(r.exhausted, Some(Exhausted::Deadline));
+    assert_eq!(r.answer, None);
+    // Unbounded, the same tree has an answer.
+    let r = evaluator
+        .evaluate(&instance, q, Mode::Exact, Budget::default())
+        .await
+        .unwrap();
+    assert_eq!(r.answer, Some(d.truth(instance.facts(), &q)));
+}
+
+#[tokio::test]
 async fn impossible_requests_are_refused_with_a_reason() {
     let instance = Instance::generate(&ShortestPath, 8, 1).unwrap();
     let q = ShortestPath.parse_question("dist 0 5").unwrap();
