@@ -26,7 +26,6 @@
 
 use std::hash::BuildHasherDefault;
 use std::ops::Deref;
-use std::pin::pin;
 use std::sync::{Arc, Weak};
 
 use std::collections::hash_map::Entry;
@@ -259,7 +258,7 @@ impl<D: Domain> Memo<D> {
         let slot = match table.index.entry(key) {
             Entry::Vacant(vacant) => {
                 let slot = SlotIx::try_from(table.slots.len())
-                    .expect("a tree's node budget keeps a table far below 2^32 slots");
+                    .expect("a table runs out of memory long before 2^32 slots");
                 table.slots.push(Slot::Pending(None));
                 vacant.insert(slot);
                 return Ok(Claim::Compute(Computing {
@@ -293,24 +292,24 @@ impl<D: Domain> Memo<D> {
     /// compute it (if its computing node was cancelled).
     pub(crate) async fn claim(&self, slot: SlotIx) -> Claim<'_, D> {
         loop {
-            let waiter = {
+            let waiter: Arc<Notify>;
+            // The `Notified` is made while the lock is held: tokio counts every `notify_waiters`
+            // from the moment a `Notified` exists. Made after the lock was released, it could
+            // miss the wake-up of a computing node cancelled in between, while another evaluation
+            // took the released slot over, leaving this one waiting on a `Notify` that nobody
+            // would touch again.
+            let notified = {
                 let mut table = self.lock();
                 match &mut table.slots[slot as usize] {
-                    Slot::Pending(w) => w.get_or_insert_with(Default::default).clone(),
+                    Slot::Pending(w) => waiter = w.get_or_insert_with(Default::default).clone(),
                     _ => match self.arrive(&mut table, slot) {
                         Some(claim) => return claim,
                         None => continue,
                     },
                 }
+                waiter.notified()
             };
-            let mut notified = pin!(waiter.notified());
-            // Register before looking again, so a wake-up between the two cannot be missed; the
-            // slot may have finished (or been released) while the lock was not held.
-            notified.as_mut().enable();
-            let pending = matches!(self.lock().slots[slot as usize], Slot::Pending(_));
-            if pending {
-                notified.await;
-            }
+            notified.await;
         }
     }
 
