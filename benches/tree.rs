@@ -8,6 +8,12 @@
 //! concurrent questions about one instance do in the coordinator. Throughput is in tree nodes:
 //! every node of the trace, memo hits included (with the memo off, every node is evaluated).
 //! Modes: exact (well-founded domains) and amplified with the oracle.
+//!
+//! `wildcard/fan-out` is the coordinator's load-test tree without the network: 512 trees of
+//! `******` at hch:5 (63 nodes, 32 leaves to the answerer) on fresh instances, each its own task,
+//! with the answerer's reply arriving a scheduler turn later, as a worker's would. Between a tree's
+//! two walks the other trees run, so its second walk reads cold memory, as in a loaded
+//! coordinator, where one node costs several times what it does in the trees above.
 
 use std::sync::Arc;
 
@@ -17,7 +23,9 @@ use std::sync::Arc;
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
-use hch::answerer::{Answerer, Oracle};
+use futures::future::BoxFuture;
+use hch::answerer::{Answerer, AnswererId, Answers, Oracle, Query};
+use hch::domain::wildcard::Wildcard;
 use hch::domain::{Domain, DomainKind, Instance, FULL_SIZE};
 use hch::eval::{Budget, EvalOptions, Evaluator, Mode};
 use hch::rng::Rng;
@@ -120,6 +128,82 @@ fn bench_domain<D: Domain + Copy>(c: &mut Criterion, domain: D, mode: Mode) {
     group.finish();
 }
 
+/// The oracle, answering a scheduler turn after it is asked (as a remote answerer does).
+struct Deferred<D: Domain>(Oracle<D>);
+
+impl<D: Domain> Answerer<D> for Deferred<D> {
+    fn id(&self) -> AnswererId {
+        self.0.id()
+    }
+
+    fn answer(&self, batch: Vec<Query<D>>) -> BoxFuture<'_, Answers<D::Answer>> {
+        Box::pin(async move {
+            tokio::task::yield_now().await;
+            self.0.answer(batch).await
+        })
+    }
+}
+
+/// Trees in flight in `wildcard/fan-out`: the load test's clients.
+const FAN_OUT_TREES: usize = 512;
+
+fn fan_out(c: &mut Criterion) {
+    if !selected().contains(&DomainKind::Wildcard) {
+        return;
+    }
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
+    let d = Wildcard;
+    let mode: Mode = "hch:5".parse().unwrap();
+    let question = d.parse_question("******").unwrap();
+    let evaluator = Arc::new(Evaluator::new(
+        d,
+        Some(Arc::new(Deferred(Oracle::new(d)))),
+        EvalOptions::default(),
+    ));
+    let facts: Vec<_> = (0..FAN_OUT_TREES as u64)
+        .map(|seed| d.generate(FULL_SIZE, seed).unwrap())
+        .collect();
+    let instances = || -> Vec<Arc<Instance<Wildcard>>> {
+        facts.iter().map(|f| Instance::new(&d, f.clone())).collect()
+    };
+    let run = |instances: Vec<Arc<Instance<Wildcard>>>| {
+        rt.block_on(async {
+            let trees: Vec<_> = instances
+                .into_iter()
+                .map(|instance| {
+                    let (evaluator, question) = (evaluator.clone(), question);
+                    tokio::spawn(async move {
+                        let r = evaluator
+                            .evaluate(&instance, question, mode, Budget::default())
+                            .await
+                            .unwrap();
+                        r.stats.nodes + r.stats.memo_hits
+                    })
+                })
+                .collect();
+            let mut nodes = 0;
+            for tree in trees {
+                nodes += tree.await.unwrap();
+            }
+            nodes
+        })
+    };
+    let nodes = run(instances());
+    assert_eq!(
+        nodes,
+        63 * FAN_OUT_TREES as u64,
+        "the fan-out tree changed shape"
+    );
+    let mut group = c.benchmark_group("wildcard/fan-out");
+    group.throughput(Throughput::Elements(nodes));
+    group.bench_function("hch:5/512-in-flight", |b| {
+        b.iter_batched(instances, run, BatchSize::SmallInput)
+    });
+    group.finish();
+}
+
 /// `HCH_BENCH_DOMAINS=wildcard,permutation` restricts the run to those domains.
 fn selected() -> Vec<DomainKind> {
     match std::env::var("HCH_BENCH_DOMAINS") {
@@ -158,6 +242,6 @@ criterion_group! {
         .sample_size(20)
         .warm_up_time(std::time::Duration::from_millis(500))
         .measurement_time(std::time::Duration::from_secs(2));
-    targets = trees
+    targets = trees, fan_out
 }
 criterion_main!(benches);

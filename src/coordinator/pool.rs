@@ -108,19 +108,24 @@ impl WorkerHandle {
     }
 
     pub fn info(&self) -> Option<WorkerInfo> {
-        self.info.read().unwrap_or_else(|p| p.into_inner()).clone()
+        self.read_info().clone()
+    }
+
+    fn read_info(&self) -> std::sync::RwLockReadGuard<'_, Option<WorkerInfo>> {
+        self.info.read().unwrap_or_else(|p| p.into_inner())
     }
 
     pub fn is_up(&self) -> bool {
         let down = self.down_until.lock().unwrap_or_else(|p| p.into_inner());
         match *down {
             None => true,
-            Some(until) => Instant::now() >= until && self.info().is_some(),
+            Some(until) => Instant::now() >= until && self.read_info().is_some(),
         }
     }
 
+    /// Read in place: every call picks a worker by asking each whether it serves the domain.
     pub fn serves(&self, domain: DomainKind) -> bool {
-        self.info().is_some_and(|i| i.serves(domain))
+        self.read_info().as_ref().is_some_and(|i| i.serves(domain))
     }
 
     /// Avoid this worker for `period` (it failed or refused).
@@ -178,9 +183,34 @@ impl WorkerHandle {
     }
 }
 
+/// The common answerer of those of `workers` that serve `domain` (see [`Pool::answerer_id`]).
+fn identity(workers: &[Arc<WorkerHandle>], domain: DomainKind) -> AnswererId {
+    let mut ids: Vec<AnswererId> = workers
+        .iter()
+        .filter_map(|w| {
+            let info = w.read_info();
+            info.as_ref()
+                .filter(|i| i.serves(domain))
+                .map(|i| i.answerer.clone())
+        })
+        .collect();
+    ids.sort_by_key(AnswererId::key);
+    ids.dedup_by_key(|id| id.key());
+    match ids.as_slice() {
+        [] => AnswererId::no_workers(),
+        [one] => one.clone(),
+        // Mixed generations during a rollout.
+        many => AnswererId::mixed(many),
+    }
+}
+
 /// The set of workers.
 pub struct Pool {
     workers: RwLock<Vec<Arc<WorkerHandle>>>,
+    /// Who answers each domain (see [`Pool::answerer_id`]), by `DomainKind::ALL`'s order: worked
+    /// out as each refresh ends, not per tree, so that a tree's cost does not grow with the
+    /// number of workers (it took a copy of every worker's info, and sorted them, per tree).
+    identities: RwLock<[AnswererId; DomainKind::ALL.len()]>,
     config: PoolConfig,
     next: AtomicUsize,
     /// Re-reads the TLS files while the pool lives (new connections use the newest).
@@ -194,6 +224,7 @@ impl Pool {
     pub async fn start(config: PoolConfig) -> Arc<Pool> {
         let pool = Arc::new(Pool {
             workers: RwLock::new(Vec::new()),
+            identities: RwLock::new(std::array::from_fn(|_| AnswererId::no_workers())),
             _tls_watch: config
                 .tls
                 .as_ref()
@@ -263,7 +294,9 @@ impl Pool {
         // Every worker, not only those without info: a worker that hot-loads a new generation
         // changes its answerer, and with it the memo key of every tree sent to it.
         futures::future::join_all(next.iter().map(|w| w.refresh())).await;
+        let identities = DomainKind::ALL.map(|domain| identity(&next, domain));
         *self.workers.write().unwrap_or_else(|p| p.into_inner()) = next;
+        *self.identities.write().unwrap_or_else(|p| p.into_inner()) = identities;
     }
 
     /// The least busy worker that is up, serves `domain` and is not in `exclude`.
@@ -282,22 +315,14 @@ impl Pool {
     }
 
     /// Who answers `domain`: the workers' common answerer, so that memo entries made with one
-    /// generation are never served for another.
+    /// generation are never served for another. As of the last refresh, which is also when the
+    /// coordinator learns that a worker loaded another generation.
     pub fn answerer_id(&self, domain: DomainKind) -> AnswererId {
-        let mut ids: Vec<AnswererId> = self
-            .workers()
+        let identities = self.identities.read().unwrap_or_else(|p| p.into_inner());
+        DomainKind::ALL
             .iter()
-            .filter_map(|w| w.info().filter(|i| i.serves(domain)))
-            .map(|i| i.answerer)
-            .collect();
-        ids.sort_by_key(AnswererId::key);
-        ids.dedup_by_key(|id| id.key());
-        match ids.as_slice() {
-            [] => AnswererId::no_workers(),
-            [one] => one.clone(),
-            // Mixed generations during a rollout.
-            many => AnswererId::mixed(many),
-        }
+            .position(|&d| d == domain)
+            .map_or_else(AnswererId::no_workers, |at| identities[at].clone())
     }
 
     pub fn status(&self) -> Vec<WorkerStatus> {
