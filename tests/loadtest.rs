@@ -48,6 +48,8 @@ fn loadtest_on_its_embedded_cluster() {
     let report = loadtest(&[]);
     check(&report);
     assert!(figure(&report, "batching:") > 0.0, "{report}");
+    // A tree asks 32 subquestions, so it costs more CPU than one trivial call.
+    assert!(figure(&report, "cost:") > 1.0, "{report}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -65,6 +67,8 @@ async fn loadtest_against_a_running_coordinator() {
         report.contains("target: the coordinator at http://"),
         "{report}"
     );
+    // This process holds only the clients: their CPU is not a tree's cost.
+    assert!(!report.contains("cost:"), "{report}");
     cluster.stop().await;
 }
 

@@ -345,7 +345,9 @@ pub async fn run(args: LoadtestArgs) -> Result<()> {
         }
     };
 
-    // Phase 1, the baseline: the model's raw rate, or trivial unary calls.
+    // Phase 1, the baseline: the model's raw rate, or trivial unary calls (and, for those, the CPU
+    // one took, to put a tree's cost in raw calls).
+    let mut raw_cpu_per_call = None;
     let (raw_rate, raw_all_cores) = match &workers {
         #[cfg(feature = "model")]
         Workers::Model(served) => {
@@ -387,10 +389,11 @@ pub async fn run(args: LoadtestArgs) -> Result<()> {
             };
             model::baseline(spec, worker_config.batch.max_batch, worker_config.threads).await?
         }
-        Workers::Oracle => (
-            unary_baseline(&args, &cluster, &coordinator_addr, period).await?,
-            None,
-        ),
+        Workers::Oracle => {
+            let raw = unary_baseline(&args, &cluster, &coordinator_addr, period).await?;
+            raw_cpu_per_call = Some(raw.cores / raw.rate().max(1e-9));
+            (raw.rate(), None)
+        }
     };
 
     // Phase 2: trees through the coordinator.
@@ -478,6 +481,22 @@ pub async fn run(args: LoadtestArgs) -> Result<()> {
             "ratio:                {:>10.1}x the raw unary rate",
             sub_rate / raw_rate.max(1e-9)
         );
+        // Only where this process holds the whole system: with --coordinator its CPU is the
+        // clients' alone.
+        let trees_done = trees.samples.succeeded();
+        if let (Some(per_call), true, true) = (raw_cpu_per_call, cluster.is_some(), trees_done > 0)
+        {
+            let per_tree = trees.cores * trees.elapsed / trees_done as f64;
+            let subquestions_per_tree =
+                subquestions.load(Ordering::Relaxed) as f64 / trees_done as f64;
+            println!(
+                "cost:                 {:>10.2} raw calls of CPU per tree ({:.0} us a tree, {:.0} us a raw call; 10x the raw rate allows {:.2})",
+                per_tree / per_call.max(1e-12),
+                per_tree * 1e6,
+                per_call * 1e6,
+                subquestions_per_tree / 10.0
+            );
+        }
     }
     if let Some(cluster) = cluster {
         cluster.stop().await;
@@ -499,14 +518,14 @@ pub async fn run(args: LoadtestArgs) -> Result<()> {
     Ok(())
 }
 
-/// The raw unary rate: the best of trivial calls over one, two and four connections, to a worker's
-/// ModelInfo (the coordinator's Status when no worker is known).
+/// The raw unary rate: the best phase of trivial calls over one, two and four connections, to a
+/// worker's ModelInfo (the coordinator's Status when no worker is known).
 async fn unary_baseline(
     args: &LoadtestArgs,
     cluster: &Option<Cluster>,
     coordinator_addr: &str,
     period: Duration,
-) -> Result<f64> {
+) -> Result<Phase> {
     let raw_target = match (cluster, &args.worker) {
         (Some(c), _) => Some(format!("http://{}", c.workers[0].0.addr)),
         (None, Some(addr)) => Some(url(addr)),
@@ -554,11 +573,11 @@ async fn unary_baseline(
             best = Some(raw);
         }
     }
-    let raw = best.expect("three raw phases ran");
-    let raw_rate = raw.rate();
+    let mut raw = best.expect("three raw phases ran");
     println!(
-        "raw baseline:         {raw_rate:>10.0} calls/s   (latency {})",
-        percentiles(raw.latencies)
+        "raw baseline:         {:>10.0} calls/s   (latency {})",
+        raw.rate(),
+        percentiles(std::mem::take(&mut raw.latencies))
     );
-    Ok(raw_rate)
+    Ok(raw)
 }
