@@ -347,8 +347,7 @@ pub async fn run(args: LoadtestArgs) -> Result<()> {
 
     // Phase 1, the baseline: the model's raw rate, or trivial unary calls (and, for those, the CPU
     // one took, to put a tree's cost in raw calls).
-    let mut raw_cpu_per_call = None;
-    let (raw_rate, raw_all_cores) = match &workers {
+    let (raw_rate, raw_all_cores, raw_cpu_per_call) = match &workers {
         #[cfg(feature = "model")]
         Workers::Model(served) => {
             let cluster = cluster.as_ref().expect("model workers run embedded");
@@ -387,12 +386,14 @@ pub async fn run(args: LoadtestArgs) -> Result<()> {
                 each: (period / 4).max(Duration::from_millis(500)),
                 cache_bytes: worker_config.encoding_cache_bytes,
             };
-            model::baseline(spec, worker_config.batch.max_batch, worker_config.threads).await?
+            let (rate, all_cores) =
+                model::baseline(spec, worker_config.batch.max_batch, worker_config.threads).await?;
+            (rate, all_cores, None)
         }
         Workers::Oracle => {
             let raw = unary_baseline(&args, &cluster, &coordinator_addr, period).await?;
-            raw_cpu_per_call = Some(raw.cores / raw.rate().max(1e-9));
-            (raw.rate(), None)
+            let per_call = raw.cores / raw.rate().max(1e-9);
+            (raw.rate(), None, Some(per_call))
         }
     };
 
