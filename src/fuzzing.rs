@@ -227,17 +227,17 @@ pub fn worker_call(data: &[u8]) {
     let Ok(message) = pb::AnswerRequest::decode(bytes) else {
         return;
     };
-    let asked = message.items.len();
+    let asked = message.question_instances.len();
     let s = services();
     s.runtime.block_on(async {
         match s.worker.answer(request(message, header)).await {
             Ok(response) => {
                 let reply = response.into_inner();
-                // Either every item is answered, or the facts it lacks are named.
+                // Either every item is answered (a line each), or the facts it lacks are named.
+                let answered = reply.answers.bytes().filter(|&b| b == b'\n').count();
                 assert!(
-                    reply.replies.len() == asked || !reply.missing_facts.is_empty(),
-                    "{asked} items asked, {} answered",
-                    reply.replies.len()
+                    answered == asked || !reply.missing_facts.is_empty(),
+                    "{asked} items asked, {answered} answered"
                 );
             }
             Err(status) => check_status(&status),

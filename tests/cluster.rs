@@ -656,10 +656,8 @@ async fn a_full_queue_is_resource_exhausted_and_servers_stay_healthy() {
             id: inst.id().0.to_vec(),
             text: d.print_facts(inst.facts()),
         }],
-        items: vec![pb::Item {
-            instance: 0,
-            question: q.into(),
-        }],
+        questions: format!("{q}\n"),
+        question_instances: vec![0],
     };
     let channel = tonic::transport::Endpoint::from_shared(addr)
         .unwrap()
@@ -678,7 +676,7 @@ async fn a_full_queue_is_resource_exhausted_and_servers_stay_healthy() {
     for c in calls {
         match c.await.unwrap() {
             Ok(r) => {
-                assert_eq!(r.into_inner().replies.len(), 1);
+                assert_eq!(r.into_inner().answers.lines().count(), 1);
                 answered += 1;
             }
             Err(s) => {
@@ -716,14 +714,12 @@ async fn a_full_queue_is_resource_exhausted_and_servers_stay_healthy() {
             id: vec![7; 32],
             text: String::new(),
         }],
-        items: vec![pb::Item {
-            instance: 0,
-            question: "1*****".into(),
-        }],
+        questions: "1*****\n".into(),
+        question_instances: vec![0],
     };
     let r = c.answer(by_id).await.unwrap().into_inner();
     assert_eq!(r.missing_facts, vec![vec![7u8; 32]]);
-    assert!(r.replies.is_empty());
+    assert!(r.answers.is_empty());
     cluster.stop().await;
 }
 

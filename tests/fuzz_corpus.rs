@@ -75,10 +75,8 @@ fn seeds() -> Vec<(&'static str, Vec<u8>)> {
                     id: inst.id().0.to_vec(),
                     text: facts.clone(),
                 }],
-                items: vec![pb::Item {
-                    instance: 0,
-                    question: question.clone(),
-                }],
+                questions: format!("{question}\n"),
+                question_instances: vec![0],
             };
             seeds.push(("worker_call", call(0, &answer_request)));
         });

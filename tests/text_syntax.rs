@@ -20,7 +20,16 @@ fn round_trip<D: Domain>(d: &D, size: usize, seed: u64) -> Result<(), TestCaseEr
         let qt = d.print_question(&q);
         prop_assert_eq!(d.parse_question(&qt).unwrap(), q.clone());
         let a = Some(d.truth(&facts, &q));
-        prop_assert_eq!(parse_reply(d, &print_reply(d, &a)).unwrap(), a);
+        prop_assert_eq!(parse_reply(d, &print_reply(d, &a)).unwrap(), a.clone());
+        // Worker calls print into one buffer, a line per question and per answer: the same text,
+        // and never a newline in it.
+        let (mut qw, mut aw) = ("x".to_string(), "x".to_string());
+        d.write_question(&q, &mut qw);
+        d.write_answer(a.as_ref().unwrap(), &mut aw);
+        prop_assert_eq!(&qw[1..], qt.as_str());
+        let at = d.print_answer(a.as_ref().unwrap());
+        prop_assert_eq!(&aw[1..], at.as_str());
+        prop_assert!(!qt.contains('\n') && !aw.contains('\n'), "{qt:?} / {aw:?}");
     }
     Ok(())
 }

@@ -111,10 +111,8 @@ async fn serves_and_hot_loads(dir: &Path, serving: Serving) {
             id: inst.id().0.to_vec(),
             text: d.print_facts(inst.facts()),
         }],
-        items: vec![pb::Item {
-            instance: 0,
-            question: "01****".into(),
-        }],
+        questions: "01****\n".into(),
+        question_instances: vec![0],
     };
     let refused = worker.answer(request.clone()).await.unwrap_err();
     assert_eq!(refused.code(), tonic::Code::Unavailable, "{refused:?}");
@@ -148,9 +146,11 @@ async fn serves_and_hot_loads(dir: &Path, serving: Serving) {
     assert_eq!(info.generation, Some(0));
     assert_eq!(info.answerer, "model g0");
     let answered = worker.answer(request.clone()).await.unwrap().into_inner();
-    assert_eq!(answered.replies.len(), 1);
-    assert!(
-        answered.replies[0].known,
+    let answers: Vec<&str> = answered.answers.lines().collect();
+    assert_eq!(answers.len(), 1);
+    assert_ne!(
+        answers[0],
+        hch::domain::UNKNOWN_TEXT,
         "a model always answers (it never abstains by default)"
     );
 

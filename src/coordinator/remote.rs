@@ -293,7 +293,7 @@ async fn send<D: Domain + Copy>(
                 }
                 continue;
             }
-            Ok(AnswerReply::Answered { replies, .. }) => {
+            Ok(AnswerReply::Answered { answers, .. }) => {
                 worker.items_sent.fetch_add(asked as u64, Ordering::Relaxed);
                 let mut remembered = None;
                 for query in batch.iter().flat_map(|p| &p.queries) {
@@ -303,7 +303,7 @@ async fn send<D: Domain + Copy>(
                         remembered = Some(id);
                     }
                 }
-                deliver(&domain, batch, replies);
+                deliver(&domain, batch, &answers);
                 return;
             }
             Err(error) => {
@@ -371,20 +371,19 @@ fn attach_telemetry<D: Domain, T>(
     }
 }
 
-/// Hands each group its answers (the reply has one per question, in order: checked by its
-/// decoder).
-fn deliver<D: Domain>(domain: &D, batch: Vec<Pending<D>>, replies: Vec<Option<String>>) {
-    let mut replies = replies.into_iter();
+/// Hands each group its answers: `answers` is the reply's text, a line per question, in order
+/// (as many as asked: checked by its decoder).
+fn deliver<D: Domain>(domain: &D, batch: Vec<Pending<D>>, answers: &str) {
+    let mut lines = answers.split_terminator('\n');
     for p in batch {
         // An unreadable answer fails its group only; the other trees get theirs.
-        let answers: Answers<D::Answer> = replies
+        let answers: Answers<D::Answer> = lines
             .by_ref()
             .take(p.queries.len())
-            .map(|reply| match reply {
-                Some(text) => parse_reply(domain, &text).map_err(|e| {
+            .map(|text| {
+                parse_reply(domain, text).map_err(|e| {
                     AnswerError::Internal(format!("worker sent an unreadable answer: {e}"))
-                }),
-                None => Ok(None),
+                })
             })
             .collect();
         let _ = p.reply.send(answers);

@@ -169,6 +169,16 @@ pub trait Domain: Debug + Send + Sync + Sized + 'static {
     /// Parses a known answer; `?` (unknown) is handled by [`parse_reply`].
     fn parse_answer(&self, text: &str) -> Result<Self::Answer, ParseError>;
     fn print_answer(&self, answer: &Self::Answer) -> String;
+    /// Appends what [`Domain::print_question`] prints to `out`. A worker call carries hundreds of
+    /// questions in one text (and its reply as many answers): a domain that prints into the
+    /// buffer saves a string per question.
+    fn write_question(&self, question: &Self::Question, out: &mut String) {
+        out.push_str(&self.print_question(question));
+    }
+    /// Appends what [`Domain::print_answer`] prints to `out` (see [`Domain::write_question`]).
+    fn write_answer(&self, answer: &Self::Answer, out: &mut String) {
+        out.push_str(&self.print_answer(answer));
+    }
 
     /// Size of the token vocabulary shared by facts and questions (token 0 is padding).
     fn vocab_size(&self) -> usize;

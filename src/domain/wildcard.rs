@@ -355,6 +355,10 @@ impl Domain for Wildcard {
         (0..WIDTH).map(|i| bit_char(*question, i)).collect()
     }
 
+    fn write_question(&self, question: &Pattern, out: &mut String) {
+        out.extend((0..WIDTH).map(|i| bit_char(*question, i)));
+    }
+
     fn parse_answer(&self, text: &str) -> Result<i32, ParseError> {
         // The printed form directly: the coordinator reads an answer per leaf.
         if let Some(n) = plain_answer(text.as_bytes()) {
@@ -374,6 +378,11 @@ impl Domain for Wildcard {
 
     fn print_answer(&self, answer: &i32) -> String {
         answer.to_string()
+    }
+
+    fn write_answer(&self, answer: &i32, out: &mut String) {
+        use std::fmt::Write as _;
+        let _ = write!(out, "{answer}"); // writing to a String cannot fail
     }
 
     fn vocab_size(&self) -> usize {

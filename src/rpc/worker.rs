@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use super::{limits, pb, ServiceError};
 use crate::answerer::{AnswererId, Query};
-use crate::domain::{parse_question_for, print_reply, Domain, DomainKind, Instance, InstanceId};
+use crate::domain::{parse_question_for, Domain, DomainKind, Instance, InstanceId, UNKNOWN_TEXT};
 
 /// The facts of one instance in a call: the text the first time a worker sees it, afterwards only
 /// the id.
@@ -22,20 +22,18 @@ pub struct FactsRef {
     pub text: Option<String>,
 }
 
-/// One question of a call.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct CallItem {
-    /// Index into [`AnswerCall::instances`].
-    pub instance: u32,
-    pub question: String,
-}
-
 /// A batch of questions for a worker.
+///
+/// The questions travel as one text, a line each (see the proto), and stay that way here: a
+/// worker parses each line straight from the request's buffer, with no string per question.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct AnswerCall {
     pub domain: DomainKind,
     pub instances: Vec<FactsRef>,
-    pub items: Vec<CallItem>,
+    /// The questions in the domain's text syntax, each ended by `\n`.
+    questions: String,
+    /// For each question, its index into `instances`.
+    question_instances: Vec<u32>,
 }
 
 /// A call parsed against its domain.
@@ -58,33 +56,49 @@ impl AnswerCall {
         queries: impl IntoIterator<Item = &'q Query<D>>,
         known: impl Fn(&InstanceId) -> bool,
     ) -> Self {
-        let mut instances: Vec<FactsRef> = Vec::new();
-        let items = queries
-            .into_iter()
-            .map(|query| {
-                let id = query.instance.id();
-                // Most groups are about one instance: look at the last one first.
-                let i = match instances.iter().rposition(|f| f.id == id) {
-                    Some(i) => i,
-                    None => {
-                        instances.push(FactsRef {
-                            id,
-                            text: (!known(&id)).then(|| domain.print_facts(query.instance.facts())),
-                        });
-                        instances.len() - 1
-                    }
-                };
-                CallItem {
-                    instance: i as u32,
-                    question: domain.print_question(&query.question),
-                }
-            })
-            .collect();
-        Self {
+        let queries = queries.into_iter();
+        let mut call = Self {
             domain: D::KIND,
-            instances,
-            items,
+            instances: Vec::new(),
+            questions: String::new(),
+            question_instances: Vec::with_capacity(queries.size_hint().0),
+        };
+        for query in queries {
+            let id = query.instance.id();
+            // Most groups are about one instance: look at the last one first.
+            let i = match call.instances.iter().rposition(|f| f.id == id) {
+                Some(i) => i,
+                None => {
+                    call.instances.push(FactsRef {
+                        id,
+                        text: (!known(&id)).then(|| domain.print_facts(query.instance.facts())),
+                    });
+                    call.instances.len() - 1
+                }
+            };
+            // Printed text is one line (tests/text_syntax.rs holds every domain to it).
+            domain.write_question(&query.question, &mut call.questions);
+            call.questions.push('\n');
+            call.question_instances.push(i as u32);
         }
+        call
+    }
+
+    /// The number of questions.
+    pub fn len(&self) -> usize {
+        self.question_instances.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.question_instances.is_empty()
+    }
+
+    /// The questions in order: the index of each one's instance, and its text.
+    pub fn items(&self) -> impl Iterator<Item = (u32, &str)> + '_ {
+        self.question_instances
+            .iter()
+            .copied()
+            .zip(self.questions.split_terminator('\n'))
     }
 
     pub fn encode(self) -> pb::AnswerRequest {
@@ -98,20 +112,15 @@ impl AnswerCall {
                     text: f.text.unwrap_or_default(),
                 })
                 .collect(),
-            items: self
-                .items
-                .into_iter()
-                .map(|i| pb::Item {
-                    instance: i.instance,
-                    question: i.question,
-                })
-                .collect(),
+            questions: self.questions,
+            question_instances: self.question_instances,
         }
     }
 
     pub fn decode(request: pb::AnswerRequest) -> Result<Self, ServiceError> {
         let domain: DomainKind = request.domain.parse()?;
-        limits::check_count("items", request.items.len(), limits::MAX_BATCH_ITEMS)?;
+        let count = request.question_instances.len();
+        limits::check_count("items", count, limits::MAX_BATCH_ITEMS)?;
         limits::check_count(
             "instances",
             request.instances.len(),
@@ -140,33 +149,30 @@ impl AnswerCall {
                 })
             })
             .collect::<Result<Vec<_>, ServiceError>>()?;
-        let items = request
-            .items
-            .into_iter()
+        check_lines("questions", &request.questions, count)?;
+        for (i, (&instance, question)) in request
+            .question_instances
+            .iter()
+            .zip(request.questions.split_terminator('\n'))
             .enumerate()
-            .map(|(i, item)| {
-                if item.instance as usize >= instances.len() {
-                    return Err(ServiceError::invalid(format!(
-                        "item {i}: instance index {} is out of range ({} instances sent)",
-                        item.instance,
-                        instances.len()
-                    )));
-                }
-                limits::check_bytes(
-                    format_args!("item {i}: question"),
-                    &item.question,
-                    limits::MAX_QUESTION_BYTES,
-                )?;
-                Ok(CallItem {
-                    instance: item.instance,
-                    question: item.question,
-                })
-            })
-            .collect::<Result<Vec<_>, ServiceError>>()?;
+        {
+            if instance as usize >= instances.len() {
+                return Err(ServiceError::invalid(format!(
+                    "item {i}: instance index {instance} is out of range ({} instances sent)",
+                    instances.len()
+                )));
+            }
+            limits::check_bytes(
+                format_args!("item {i}: question"),
+                question,
+                limits::MAX_QUESTION_BYTES,
+            )?;
+        }
         Ok(Self {
             domain,
             instances,
-            items,
+            questions: request.questions,
+            question_instances: request.question_instances,
         })
     }
 
@@ -182,8 +188,8 @@ impl AnswerCall {
         let mut instances = Vec::with_capacity(self.instances.len());
         let mut received = Vec::new();
         let mut missing = Vec::new();
-        for (i, facts) in self.instances.into_iter().enumerate() {
-            let Some(text) = facts.text else {
+        for (i, facts) in self.instances.iter().enumerate() {
+            let Some(text) = &facts.text else {
                 let found = cached(&facts.id);
                 if found.is_none() {
                     missing.push(facts.id);
@@ -191,7 +197,7 @@ impl AnswerCall {
                 instances.push(found);
                 continue;
             };
-            let instance = Instance::parse(domain, &text)
+            let instance = Instance::parse(domain, text)
                 .map_err(|e| ServiceError::invalid(format!("instance {i}: {e}")))?;
             if instance.id() != facts.id {
                 return Err(ServiceError::invalid(format!(
@@ -207,21 +213,36 @@ impl AnswerCall {
             return Ok(Resolved::MissingFacts(missing));
         }
         let queries = self
-            .items
-            .into_iter()
+            .items()
             .enumerate()
-            .map(|(i, item)| {
+            .map(|(i, (index, question))| {
                 // In range (checked by `decode`) and present (no facts are missing).
-                let instance = instances[item.instance as usize]
-                    .clone()
+                let instance = instances
+                    .get(index as usize)
+                    .cloned()
+                    .flatten()
                     .ok_or_else(|| ServiceError::Internal(format!("item {i}: no instance")))?;
-                let question = parse_question_for(domain, instance.facts(), &item.question)
+                let question = parse_question_for(domain, instance.facts(), question)
                     .map_err(|e| ServiceError::invalid(format!("item {i}: {e}")))?;
                 Ok(Query { instance, question })
             })
             .collect::<Result<_, ServiceError>>()?;
         Ok(Resolved::Queries { queries, received })
     }
+}
+
+/// Checks that `text` is `count` lines, each ended by a newline (the framing of a call's
+/// questions and of a reply's answers).
+fn check_lines(what: &str, text: &str, count: usize) -> Result<(), ServiceError> {
+    let lines = text.bytes().filter(|&b| b == b'\n').count();
+    if lines != count || !(text.is_empty() || text.ends_with('\n')) {
+        return Err(ServiceError::invalid(format!(
+            "{what}: expected {count} lines, each ended by a newline, got {lines} newline(s) in \
+             {} bytes",
+            text.len()
+        )));
+    }
+    Ok(())
 }
 
 fn instance_id(bytes: &[u8]) -> Option<InstanceId> {
@@ -231,10 +252,11 @@ fn instance_id(bytes: &[u8]) -> Option<InstanceId> {
 /// A worker's reply to an [`AnswerCall`].
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum AnswerReply {
-    /// One reply per item, in order: the answer in the domain's text syntax, `None` if unknown;
-    /// with the time the batch waited in the worker's queue and the time its forward pass took.
+    /// One line per item, in order (see [`AnswerReply::replies`]), with the time the batch waited
+    /// in the worker's queue and the time its forward pass took.
     Answered {
-        replies: Vec<Option<String>>,
+        /// The answers in the domain's text syntax, `?` where unknown, each ended by `\n`.
+        answers: String,
         queue: Duration,
         compute: Duration,
     },
@@ -250,30 +272,58 @@ impl AnswerReply {
         queue: Duration,
         compute: Duration,
     ) -> Self {
+        let mut text = String::new();
+        for answer in answers {
+            // Printed text is one line (tests/text_syntax.rs holds every domain to it).
+            match answer {
+                Some(a) => domain.write_answer(a, &mut text),
+                None => text.push_str(UNKNOWN_TEXT),
+            }
+            text.push('\n');
+        }
         AnswerReply::Answered {
-            replies: answers
-                .iter()
-                .map(|a| a.as_ref().map(|_| print_reply(domain, a)))
-                .collect(),
+            answers: text,
             queue,
             compute,
+        }
+    }
+
+    /// The reply with these answers' texts (`None`: unknown), each one line.
+    pub fn answered<'a>(
+        replies: impl IntoIterator<Item = Option<&'a str>>,
+        queue: Duration,
+        compute: Duration,
+    ) -> Self {
+        let mut answers = String::new();
+        for reply in replies {
+            let text = reply.unwrap_or(UNKNOWN_TEXT);
+            debug_assert!(!text.contains('\n'), "an answer's text is one line");
+            answers.push_str(text);
+            answers.push('\n');
+        }
+        AnswerReply::Answered {
+            answers,
+            queue,
+            compute,
+        }
+    }
+
+    /// An answered reply's texts, in order; `None` for a reply that says what is missing.
+    pub fn replies(&self) -> Option<impl Iterator<Item = &str> + '_> {
+        match self {
+            AnswerReply::Answered { answers, .. } => Some(answers.split_terminator('\n')),
+            AnswerReply::MissingFacts(_) => None,
         }
     }
 
     pub fn encode(self) -> pb::AnswerResponse {
         match self {
             AnswerReply::Answered {
-                replies,
+                answers,
                 queue,
                 compute,
             } => pb::AnswerResponse {
-                replies: replies
-                    .into_iter()
-                    .map(|r| pb::Reply {
-                        known: r.is_some(),
-                        answer: r.unwrap_or_default(),
-                    })
-                    .collect(),
+                answers,
                 missing_facts: Vec::new(),
                 queue_us: queue.as_micros() as u64,
                 compute_us: compute.as_micros() as u64,
@@ -299,18 +349,14 @@ impl AnswerReply {
                     ServiceError::Internal("the worker sent a malformed missing-facts id".into())
                 });
         }
-        if response.replies.len() != asked {
-            return Err(ServiceError::Internal(format!(
-                "the worker sent {} answers for {asked} questions",
-                response.replies.len()
-            )));
-        }
+        check_lines("answers", &response.answers, asked).map_err(|e| {
+            ServiceError::Internal(format!(
+                "the worker's reply does not fit the call of {asked} questions: {}",
+                e.message()
+            ))
+        })?;
         Ok(AnswerReply::Answered {
-            replies: response
-                .replies
-                .into_iter()
-                .map(|r| r.known.then_some(r.answer))
-                .collect(),
+            answers: response.answers,
             queue: Duration::from_micros(response.queue_us),
             compute: Duration::from_micros(response.compute_us),
         })
@@ -388,6 +434,10 @@ mod tests {
         let call = AnswerCall::of_queries(&Wildcard, &qs, |id| *id == known);
         assert_eq!(call.instances.len(), 2, "each instance listed once");
         assert!(call.instances[1].text.is_none(), "known facts go by id");
+        assert_eq!(
+            call.items().collect::<Vec<_>>(),
+            [(0, "01*0**"), (1, "******"), (0, "0*****")]
+        );
         let decoded = AnswerCall::decode(call.clone().encode()).unwrap();
         assert_eq!(decoded, call);
         // Without the cached instance, the worker asks for it.
@@ -412,17 +462,24 @@ mod tests {
     #[test]
     fn replies_and_info_round_trip() {
         for reply in [
-            AnswerReply::Answered {
-                replies: vec![Some("3".into()), None, Some("-1".into())],
-                queue: Duration::from_micros(12),
-                compute: Duration::from_micros(345),
-            },
+            AnswerReply::answered(
+                [Some("3"), None, Some("-1"), Some("")],
+                Duration::from_micros(12),
+                Duration::from_micros(345),
+            ),
+            AnswerReply::answered([], Duration::ZERO, Duration::ZERO),
             AnswerReply::MissingFacts(vec![InstanceId([7; 32]), InstanceId([9; 32])]),
         ] {
-            let asked = match &reply {
-                AnswerReply::Answered { replies, .. } => replies.len(),
-                AnswerReply::MissingFacts(_) => 0,
-            };
+            let asked = reply.replies().map_or(0, |r| r.count());
+            if let Some(replies) = reply.replies() {
+                let unknown = crate::domain::UNKNOWN_TEXT;
+                let want: &[&str] = if asked == 0 {
+                    &[]
+                } else {
+                    &["3", unknown, "-1", ""]
+                };
+                assert_eq!(replies.collect::<Vec<_>>(), want);
+            }
             assert_eq!(
                 AnswerReply::decode(reply.clone().encode(), asked).unwrap(),
                 reply
@@ -453,7 +510,8 @@ mod tests {
         r.domain = "go".into();
         cases.push((r, "unknown domain"));
         let mut r = good();
-        r.items = vec![r.items[0].clone(); limits::MAX_BATCH_ITEMS + 1];
+        r.questions = "01*0**\n".repeat(limits::MAX_BATCH_ITEMS + 1);
+        r.question_instances = vec![0; limits::MAX_BATCH_ITEMS + 1];
         cases.push((r, "items in one call"));
         let mut r = good();
         r.instances = vec![r.instances[0].clone(); limits::MAX_BATCH_INSTANCES + 1];
@@ -465,11 +523,24 @@ mod tests {
         r.instances[0].text = "0".repeat(limits::MAX_FACTS_BYTES + 1);
         cases.push((r, "facts text"));
         let mut r = good();
-        r.items[1].instance = 7;
+        r.question_instances[1] = 7;
         cases.push((r, "item 1: instance index 7"));
         let mut r = good();
-        r.items[2].question = "*".repeat(limits::MAX_QUESTION_BYTES + 1);
+        r.questions = format!(
+            "01*0**\n******\n{}\n",
+            "*".repeat(limits::MAX_QUESTION_BYTES + 1)
+        );
         cases.push((r, "item 2: question"));
+        // The questions' lines must match their instance indices, one each, newline-ended.
+        let mut r = good();
+        r.questions.push_str("0*****\n");
+        cases.push((r, "questions: expected 3 lines"));
+        let mut r = good();
+        r.questions.pop();
+        cases.push((r, "each ended by a newline"));
+        let mut r = good();
+        r.question_instances.pop();
+        cases.push((r, "questions: expected 2 lines"));
         for (request, needle) in cases {
             let e = AnswerCall::decode(request).unwrap_err();
             assert_eq!(e.code(), Code::InvalidArgument, "{needle}: {e}");
@@ -480,8 +551,9 @@ mod tests {
         call.instances[0].id = InstanceId([0; 32]);
         let e = call.resolve(&Wildcard, |_| None).err().unwrap();
         assert!(e.message().contains("is not the SHA-256"), "{e}");
-        let mut call = AnswerCall::decode(good()).unwrap();
-        call.items[0].question = "*".into();
+        let mut r = good();
+        r.questions = r.questions.replacen("01*0**", "*", 1);
+        let call = AnswerCall::decode(r).unwrap();
         let e = call.resolve(&Wildcard, |_| None).err().unwrap();
         assert_eq!(e.code(), Code::InvalidArgument);
         assert!(e.message().starts_with("item 0"), "{e}");
@@ -489,12 +561,14 @@ mod tests {
 
     #[test]
     fn malformed_replies_are_internal_errors() {
-        let reply = AnswerReply::Answered {
-            replies: vec![None],
-            queue: Duration::ZERO,
-            compute: Duration::ZERO,
-        };
-        let e = AnswerReply::decode(reply.encode(), 2).unwrap_err();
+        let reply = AnswerReply::answered([None], Duration::ZERO, Duration::ZERO);
+        let e = AnswerReply::decode(reply.clone().encode(), 2).unwrap_err();
+        assert_eq!(e.code(), Code::Internal);
+        assert!(e.message().contains("call of 2 questions"), "{e}");
+        // The last answer's newline missing is as wrong as an answer missing.
+        let mut response = reply.encode();
+        response.answers.pop();
+        let e = AnswerReply::decode(response, 1).unwrap_err();
         assert_eq!(e.code(), Code::Internal);
         let info = pb::ModelInfoResponse {
             answerer_key: 0,

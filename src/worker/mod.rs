@@ -437,13 +437,13 @@ impl pb::worker_server::Worker for Arc<WorkerService> {
             span.set(|| {
                 vec![
                     KeyValue::new("hch.domain", call.domain.name()),
-                    KeyValue::new("hch.items", call.items.len() as i64),
+                    KeyValue::new("hch.items", call.len() as i64),
                 ]
             });
             let log = tracing::info_span!(
                 "worker.answer",
                 domain = %call.domain,
-                items = call.items.len(),
+                items = call.len(),
                 trace_id = %span.context().trace_hex(),
                 parent_span = %parent.map(|p| format!("{:016x}", p.span_id)).unwrap_or_default(),
                 trees = %trees,
