@@ -3,7 +3,7 @@
 //! Per-worker counts the pool keeps anyway (subquestions sent, calls in flight, up or not) and the
 //! trees in flight are read at scrape time.
 
-use std::sync::{Arc, Weak};
+use std::sync::{Arc, OnceLock, Weak};
 
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet};
@@ -13,6 +13,7 @@ use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
 use super::pool::Pool;
+use crate::domain::DomainKind;
 use crate::metrics::{seconds_histogram, size_histogram};
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -54,6 +55,20 @@ pub struct TreeMetrics {
     pub answerer_queries: Family<DomainLabels, Counter>,
     /// Trees refused because their client was over its rate.
     pub rate_limited: Counter,
+    /// Each domain's series of the families above, looked up once (see [`TreeMetrics::of`]).
+    by_domain: Arc<[OnceLock<DomainTreeMetrics>; DomainKind::ALL.len()]>,
+}
+
+/// One domain's series of the per-domain tree metrics. A tree records five of them as it ends:
+/// looked up in their families for every tree, that was five label strings made and hashed and
+/// five shared locks taken; these handles share the series' counts.
+#[derive(Clone, Debug)]
+pub struct DomainTreeMetrics {
+    pub duration: Histogram,
+    pub nodes: Histogram,
+    pub nodes_evaluated: Counter,
+    pub memo_hits: Counter,
+    pub answerer_queries: Counter,
 }
 
 impl Default for TreeMetrics {
@@ -66,7 +81,31 @@ impl Default for TreeMetrics {
             memo_hits: Family::default(),
             answerer_queries: Family::default(),
             rate_limited: Counter::default(),
+            by_domain: Arc::default(),
         }
+    }
+}
+
+impl TreeMetrics {
+    /// `domain`'s series, made in their families when its first tree ends (a scrape shows only
+    /// the domains that have had trees, as before).
+    pub fn of(&self, domain: DomainKind) -> &DomainTreeMetrics {
+        let i = DomainKind::ALL
+            .iter()
+            .position(|&d| d == domain)
+            .expect("DomainKind::ALL lists every domain");
+        self.by_domain[i].get_or_init(|| {
+            let labels = DomainLabels {
+                domain: domain.name().to_string(),
+            };
+            DomainTreeMetrics {
+                duration: self.duration.get_or_create(&labels).clone(),
+                nodes: self.nodes.get_or_create(&labels).clone(),
+                nodes_evaluated: self.nodes_evaluated.get_or_create(&labels).clone(),
+                memo_hits: self.memo_hits.get_or_create(&labels).clone(),
+                answerer_queries: self.answerer_queries.get_or_create(&labels).clone(),
+            }
+        })
     }
 }
 

@@ -271,10 +271,8 @@ impl CoordinatorService {
     /// Runs a tree (see [`CoordinatorService::run_tree`]) and records it in the metrics and in
     /// its span, the root of the tree's trace (or a child of the client's span).
     async fn run(&self, call: TreeCall) -> Result<AskReply, ServiceError> {
-        let (domain, mode) = (
-            call.query.domain.name().to_string(),
-            call.query.mode.to_string(),
-        );
+        let (kind, mode) = (call.query.domain, call.query.mode.to_string());
+        let domain = kind.name();
         let mut span = self.config.tracer.start(
             "hch.tree",
             Kind::Server,
@@ -285,7 +283,7 @@ impl CoordinatorService {
                     KeyValue::new("rpc.system", "grpc"),
                     KeyValue::new("rpc.service", "hch.Coordinator"),
                     KeyValue::new("rpc.method", call.method),
-                    KeyValue::new("hch.domain", domain.clone()),
+                    KeyValue::new("hch.domain", domain),
                     KeyValue::new("hch.mode", mode.clone()),
                 ];
                 if let Some(client) = &call.client {
@@ -309,26 +307,21 @@ impl CoordinatorService {
             Ok(_) => "unknown",
             Err(e) => crate::metrics::code_label(e.code()),
         };
-        let m = &self.metrics;
-        let labels = metrics::DomainLabels { domain };
-        m.trees
+        self.metrics
+            .trees
             .get_or_create(&metrics::TreeLabels {
-                domain: labels.domain.clone(),
+                domain: domain.to_string(),
                 mode,
                 outcome: outcome.to_string(),
             })
             .inc();
         if let Ok(reply) = &result {
-            let stats = &reply.stats;
-            m.duration
-                .get_or_create(&labels)
-                .observe(started.elapsed().as_secs_f64());
-            m.nodes.get_or_create(&labels).observe(stats.nodes as f64);
-            m.nodes_evaluated.get_or_create(&labels).inc_by(stats.nodes);
-            m.memo_hits.get_or_create(&labels).inc_by(stats.memo_hits);
-            m.answerer_queries
-                .get_or_create(&labels)
-                .inc_by(stats.answerer_queries);
+            let (stats, m) = (&reply.stats, self.metrics.of(kind));
+            m.duration.observe(started.elapsed().as_secs_f64());
+            m.nodes.observe(stats.nodes as f64);
+            m.nodes_evaluated.inc_by(stats.nodes);
+            m.memo_hits.inc_by(stats.memo_hits);
+            m.answerer_queries.inc_by(stats.answerer_queries);
         }
         result
     }
