@@ -7,29 +7,56 @@
 //! honour).
 
 use std::collections::HashMap;
+use std::fmt;
+use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use dashmap::mapref::entry::Entry;
+use dashmap::DashMap;
 use tonic::{Request, Status};
 
 use super::auth::ClientName;
 use crate::rpc::ServiceError;
 
 /// Who a call counts against: the token's name, or without tokens the connection the call came
-/// on.
-pub fn client_key<T>(name: &ClientName, request: &Request<T>) -> String {
-    let remote = crate::server::PeerInfo::of(request).and_then(|p| p.remote);
-    match (name, remote) {
-        (Some(name), _) => format!("client {name:?}"),
-        (None, Some(addr)) => format!("connection {addr}"),
-        (None, None) => "an unknown connection".to_string(),
+/// on. Typed rather than text, so that admitting a tree makes no string (it is printed only into
+/// a refusal's message).
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum ClientKey {
+    Named(Arc<str>),
+    Connection(SocketAddr),
+    Unknown,
+}
+
+impl fmt::Display for ClientKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ClientKey::Named(name) => write!(f, "client {name:?}"),
+            ClientKey::Connection(addr) => write!(f, "connection {addr}"),
+            ClientKey::Unknown => f.write_str("an unknown connection"),
+        }
+    }
+}
+
+/// The [`ClientKey`] of a call by `name` (`None` without tokens).
+pub fn client_key<T>(name: &ClientName, request: &Request<T>) -> ClientKey {
+    match name {
+        Some(name) => ClientKey::Named(name.clone()),
+        None => match crate::server::PeerInfo::of(request).and_then(|p| p.remote) {
+            Some(addr) => ClientKey::Connection(addr),
+            None => ClientKey::Unknown,
+        },
     }
 }
 
 /// Each client's trees in flight, and its rate if one is set.
+///
+/// The counts are in a sharded map: every tree takes and gives back a slot, and one lock for
+/// all clients would be taken twice per tree by every core.
 pub struct PerClient {
     max_in_flight: usize,
-    in_flight: Arc<Mutex<HashMap<String, usize>>>,
+    in_flight: Arc<DashMap<ClientKey, usize>>,
     rate: Option<RateLimiter>,
 }
 
@@ -43,10 +70,9 @@ impl PerClient {
     }
 
     /// Takes one of `key`'s slots for a tree, unless it holds its maximum already.
-    pub fn slot(&self, key: String) -> Result<ClientSlot, ServiceError> {
+    pub fn slot(&self, key: ClientKey) -> Result<ClientSlot, ServiceError> {
         let max = self.max_in_flight;
-        let mut counts = self.in_flight.lock().unwrap_or_else(|p| p.into_inner());
-        let n = counts.entry(key.clone()).or_default();
+        let mut n = self.in_flight.entry(key.clone()).or_default();
         if *n >= max {
             return Err(ServiceError::ResourceExhausted(format!(
                 "{key} has {max} trees in flight, the most one client may have: retry when one \
@@ -54,6 +80,7 @@ impl PerClient {
             )));
         }
         *n += 1;
+        drop(n);
         Ok(ClientSlot {
             counts: self.in_flight.clone(),
             client: key,
@@ -62,7 +89,7 @@ impl PerClient {
 
     /// Takes one of `key`'s tokens for a new tree, or refuses with RESOURCE_EXHAUSTED, saying how
     /// long to wait in the message and in the `grpc-retry-pushback-ms` trailer.
-    pub fn admit(&self, key: &str) -> Result<(), Status> {
+    pub fn admit(&self, key: &ClientKey) -> Result<(), Status> {
         let Some(limiter) = &self.rate else {
             return Ok(());
         };
@@ -86,17 +113,16 @@ impl PerClient {
 
 /// One tree's hold on its client's share of the slots, given back when dropped.
 pub struct ClientSlot {
-    counts: Arc<Mutex<HashMap<String, usize>>>,
-    client: String,
+    counts: Arc<DashMap<ClientKey, usize>>,
+    client: ClientKey,
 }
 
 impl Drop for ClientSlot {
     fn drop(&mut self) {
-        let mut counts = self.counts.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(n) = counts.get_mut(&self.client) {
-            *n -= 1;
-            if *n == 0 {
-                counts.remove(&self.client);
+        if let Entry::Occupied(mut n) = self.counts.entry(self.client.clone()) {
+            *n.get_mut() -= 1;
+            if *n.get() == 0 {
+                n.remove();
             }
         }
     }
@@ -110,7 +136,7 @@ const PRUNE_ABOVE: usize = 65_536;
 pub struct RateLimiter {
     rate: f64,
     burst: f64,
-    buckets: Mutex<HashMap<String, Bucket>>,
+    buckets: Mutex<HashMap<ClientKey, Bucket>>,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -138,17 +164,17 @@ impl RateLimiter {
     }
 
     /// Takes a token for `client`, or says how long until one is available.
-    pub fn take(&self, client: &str) -> Result<(), Duration> {
+    pub fn take(&self, client: &ClientKey) -> Result<(), Duration> {
         self.take_at(client, Instant::now())
     }
 
-    fn take_at(&self, client: &str, now: Instant) -> Result<(), Duration> {
+    fn take_at(&self, client: &ClientKey, now: Instant) -> Result<(), Duration> {
         let mut buckets = self.buckets.lock().unwrap_or_else(|p| p.into_inner());
         if buckets.len() >= PRUNE_ABOVE {
             let (rate, burst) = (self.rate, self.burst);
             buckets.retain(|_, b| refilled(b, now, rate) < burst);
         }
-        let bucket = buckets.entry(client.to_string()).or_insert(Bucket {
+        let bucket = buckets.entry(client.clone()).or_insert(Bucket {
             tokens: self.burst,
             at: now,
         });
@@ -171,26 +197,54 @@ fn refilled(bucket: &Bucket, now: Instant, rate: f64) -> f64 {
 mod tests {
     use super::*;
 
+    fn named(name: &str) -> ClientKey {
+        ClientKey::Named(name.into())
+    }
+
+    #[test]
+    fn a_client_holds_at_most_its_slots_and_gives_them_back() {
+        let per_client = PerClient::new(2, None);
+        let alice: SocketAddr = "10.0.0.1:4000".parse().unwrap();
+        let a = || ClientKey::Connection(alice);
+        let (s1, s2) = (per_client.slot(a()).unwrap(), per_client.slot(a()).unwrap());
+        let e = per_client.slot(a()).err().unwrap();
+        assert!(
+            e.to_string()
+                .contains("connection 10.0.0.1:4000 has 2 trees in flight"),
+            "{e}"
+        );
+        // Another client, another count.
+        let bob = per_client.slot(named("bob")).unwrap();
+        drop(s1);
+        let s3 = per_client.slot(a()).unwrap();
+        drop((s2, s3, bob));
+        // Every slot given back: nothing is left behind for clients gone.
+        assert!(per_client.in_flight.is_empty());
+        assert_eq!(ClientKey::Unknown.to_string(), "an unknown connection");
+        assert_eq!(named("bob").to_string(), "client \"bob\"");
+    }
+
     #[test]
     fn a_burst_then_the_rate_with_the_wait_said() {
+        let (a, b) = (&named("a"), &named("b"));
         let limiter = RateLimiter::new(2.0, 3);
         let t0 = Instant::now();
         for _ in 0..3 {
-            assert_eq!(limiter.take_at("a", t0), Ok(()));
+            assert_eq!(limiter.take_at(a, t0), Ok(()));
         }
         // Empty: the next token is half a second away at 2 a second.
-        assert_eq!(limiter.take_at("a", t0), Err(Duration::from_millis(500)));
+        assert_eq!(limiter.take_at(a, t0), Err(Duration::from_millis(500)));
         // Another client has its own bucket.
-        assert_eq!(limiter.take_at("b", t0), Ok(()));
+        assert_eq!(limiter.take_at(b, t0), Ok(()));
         let later = t0 + Duration::from_millis(500);
-        assert_eq!(limiter.take_at("a", later), Ok(()));
-        assert!(limiter.take_at("a", later).is_err());
+        assert_eq!(limiter.take_at(a, later), Ok(()));
+        assert!(limiter.take_at(a, later).is_err());
         // Idle for long: back to a full burst, no more.
         let much_later = later + Duration::from_secs(60);
         for _ in 0..3 {
-            assert_eq!(limiter.take_at("a", much_later), Ok(()));
+            assert_eq!(limiter.take_at(a, much_later), Ok(()));
         }
-        assert!(limiter.take_at("a", much_later).is_err());
+        assert!(limiter.take_at(a, much_later).is_err());
     }
 
     #[test]
@@ -198,10 +252,12 @@ mod tests {
         let limiter = RateLimiter::new(1000.0, 1);
         let t0 = Instant::now();
         for i in 0..PRUNE_ABOVE {
-            limiter.take_at(&i.to_string(), t0).unwrap();
+            limiter.take_at(&named(&i.to_string()), t0).unwrap();
         }
         // A second later every bucket has refilled: all are forgotten but the newcomer.
-        limiter.take_at("new", t0 + Duration::from_secs(1)).unwrap();
+        limiter
+            .take_at(&named("new"), t0 + Duration::from_secs(1))
+            .unwrap();
         assert_eq!(limiter.buckets.lock().unwrap().len(), 1);
     }
 }

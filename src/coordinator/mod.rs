@@ -142,7 +142,7 @@ pub struct CoordinatorService {
 struct TreeCall {
     /// Who asked (the token's name), and whom the tree counts against for the per-client caps.
     client: ClientName,
-    key: String,
+    key: limit::ClientKey,
     query: AskQuery,
     /// The gRPC deadline of the call, if it has one.
     client_timeout: Option<Duration>,
