@@ -288,26 +288,6 @@ impl AnswerReply {
         }
     }
 
-    /// The reply with these answers' texts (`None`: unknown), each one line.
-    pub fn answered<'a>(
-        replies: impl IntoIterator<Item = Option<&'a str>>,
-        queue: Duration,
-        compute: Duration,
-    ) -> Self {
-        let mut answers = String::new();
-        for reply in replies {
-            let text = reply.unwrap_or(UNKNOWN_TEXT);
-            debug_assert!(!text.contains('\n'), "an answer's text is one line");
-            answers.push_str(text);
-            answers.push('\n');
-        }
-        AnswerReply::Answered {
-            answers,
-            queue,
-            compute,
-        }
-    }
-
     /// An answered reply's texts, in order; `None` for a reply that says what is missing.
     pub fn replies(&self) -> Option<impl Iterator<Item = &str> + '_> {
         match self {
@@ -462,12 +442,16 @@ mod tests {
     #[test]
     fn replies_and_info_round_trip() {
         for reply in [
-            AnswerReply::answered(
-                [Some("3"), None, Some("-1"), Some("")],
-                Duration::from_micros(12),
-                Duration::from_micros(345),
-            ),
-            AnswerReply::answered([], Duration::ZERO, Duration::ZERO),
+            AnswerReply::Answered {
+                answers: "3\n?\n-1\n\n".into(),
+                queue: Duration::from_micros(12),
+                compute: Duration::from_micros(345),
+            },
+            AnswerReply::Answered {
+                answers: String::new(),
+                queue: Duration::ZERO,
+                compute: Duration::ZERO,
+            },
             AnswerReply::MissingFacts(vec![InstanceId([7; 32]), InstanceId([9; 32])]),
         ] {
             let asked = reply.replies().map_or(0, |r| r.count());
@@ -561,7 +545,11 @@ mod tests {
 
     #[test]
     fn malformed_replies_are_internal_errors() {
-        let reply = AnswerReply::answered([None], Duration::ZERO, Duration::ZERO);
+        let reply = AnswerReply::Answered {
+            answers: "?\n".into(),
+            queue: Duration::ZERO,
+            compute: Duration::ZERO,
+        };
         let e = AnswerReply::decode(reply.clone().encode(), 2).unwrap_err();
         assert_eq!(e.code(), Code::Internal);
         assert!(e.message().contains("call of 2 questions"), "{e}");
