@@ -813,23 +813,26 @@ async fn silent_connections_are_closed_after_the_idle_time() {
 /// an answer (unknown, with the budget named).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_calls_deadline_is_deadline_exceeded_and_a_budgets_is_an_answer() {
-    // Slow workers and a sequential tree: 8 leaf calls of at least 50 ms one after another.
+    // Slow workers and a sequential tree: 8 leaf calls of at least 150 ms one after another,
+    // longer than the call's second. The tree stops a tenth of that before the deadline: room
+    // for the reply to arrive ahead of the timers in tonic's client and server, which start
+    // from the same `grpc-timeout` and would end the call as CANCELLED, even on a machine busy
+    // with the other tests.
     let cluster = cluster(
         2,
-        Duration::from_millis(50),
+        Duration::from_millis(150),
         WorkerConfig::default(),
-        CoordinatorConfig::default(),
+        CoordinatorConfig {
+            call_deadline_margin: Duration::from_millis(100),
+            ..CoordinatorConfig::default()
+        },
     )
     .await;
     let mut client = client(&cluster).await;
     let request = || sequential_tree(11);
 
-    // The deadline as the server receives it (`grpc-timeout`), without `set_timeout`'s timer in
-    // this client, which under load could fire before the server's reply arrives and end the
-    // call here as CANCELLED: what is tested is the server's answer.
     let mut call = tonic::Request::new(request());
-    call.metadata_mut()
-        .insert("grpc-timeout", "150m".parse().unwrap());
+    call.set_timeout(Duration::from_secs(1));
     let status = tokio::time::timeout(Duration::from_secs(30), client.ask(call))
         .await
         .expect("the server ends the call at its deadline")

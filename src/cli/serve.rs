@@ -249,6 +249,11 @@ pub struct CoordinatorOptions {
     /// The longest deadline a client may ask for, in milliseconds.
     #[arg(long, default_value_t = AskLimits::default().max_deadline.as_millis() as u64)]
     max_deadline_ms: u64,
+    /// How long before a call's gRPC deadline its tree stops, in milliseconds (at most a tenth
+    /// of the deadline), so that the client hears DEADLINE_EXCEEDED and why from the
+    /// coordinator rather than its own timer's CANCELLED: raise it on a loaded coordinator.
+    #[arg(long, default_value_t = CoordinatorConfig::default().call_deadline_margin.as_millis() as u64)]
+    call_deadline_margin_ms: u64,
     /// The longest instance text a client may send, in bytes.
     #[arg(long, default_value_t = AskLimits::default().max_instance_bytes)]
     max_instance_bytes: usize,
@@ -390,6 +395,7 @@ fn coordinator_config(o: &CoordinatorOptions) -> Result<CoordinatorConfig> {
             max_instance_bytes: o.max_instance_bytes.max(1),
         },
         max_message_bytes: o.max_message_mib.max(1) << 20,
+        call_deadline_margin: Duration::from_millis(o.call_deadline_margin_ms),
         tokens,
         traces_kept: o.traces_kept,
         trace_bytes: o.trace_memory_mib << 20,

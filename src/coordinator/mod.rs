@@ -79,6 +79,10 @@ pub struct CoordinatorConfig {
     /// A client connection without traffic for this long is closed (at least a second longer
     /// than `limits.max_deadline`, since a unary tree is silent until it ends).
     pub idle_close: Duration,
+    /// How long before a call's gRPC deadline a tree bound by it stops (at most a tenth of the
+    /// deadline), so that the coordinator, not tonic's timer, ends the call and says why. A
+    /// loaded coordinator needs more: its reply must reach the client within the margin.
+    pub call_deadline_margin: Duration,
     /// TLS for the coordinator's listener: its certificate, and optionally a CA whose client
     /// certificates it accepts. `None`: plain TCP.
     pub tls: Option<Arc<crate::tls::ServerTls>>,
@@ -112,6 +116,7 @@ impl Default for CoordinatorConfig {
             remote: RemoteConfig::default(),
             tokens: None,
             idle_close: Duration::from_secs(660),
+            call_deadline_margin: CALL_DEADLINE_MARGIN,
             tls: None,
             tracer: crate::otel::Tracer::off(),
             viewer: None,
@@ -120,8 +125,7 @@ impl Default for CoordinatorConfig {
     }
 }
 
-/// How long before the call's gRPC deadline a tree bound by it stops (at most a tenth of the
-/// deadline), so that the coordinator, not tonic's timer, ends the call.
+/// The default [`CoordinatorConfig::call_deadline_margin`].
 pub const CALL_DEADLINE_MARGIN: Duration = Duration::from_millis(20);
 
 /// The coordinator's gRPC service.
@@ -240,13 +244,14 @@ impl CoordinatorService {
     /// of the call; and whether that deadline is the one that binds. (The decoder has checked the
     /// request's fields against the limits.)
     ///
-    /// The tree stops a little before the call's deadline ([`CALL_DEADLINE_MARGIN`]): tonic's own
+    /// The tree stops a little before the call's deadline (`call_deadline_margin`): tonic's own
     /// timer would otherwise end the call first, as CANCELLED, and the tree's work would be lost
     /// without a word. Stopping first, the coordinator reports DEADLINE_EXCEEDED itself.
     fn budget(&self, query: &AskQuery, client_timeout: Option<Duration>) -> (Budget, bool) {
         let defaults = self.config.default_budget;
         let own = query.budget.deadline.or(defaults.deadline);
-        let call = client_timeout.map(|t| t.saturating_sub(CALL_DEADLINE_MARGIN.min(t / 10)));
+        let call =
+            client_timeout.map(|t| t.saturating_sub(self.config.call_deadline_margin.min(t / 10)));
         let call_binds = match (own, call) {
             (Some(own), Some(call)) => call < own,
             (None, Some(_)) => true,
