@@ -52,6 +52,43 @@ fn loadtest_on_its_embedded_cluster() {
     assert!(figure(&report, "cost:") > 0.0, "{report}");
 }
 
+/// `--rounds`: each round's raw phase and trees are reported, then the lowest and highest ratio.
+#[test]
+fn loadtest_in_rounds() {
+    let report = loadtest(&["--rounds", "3"]);
+    check(&report);
+    let ratios: Vec<f64> = (1..=3)
+        .map(|n| {
+            let label = format!("round {n}:");
+            assert!(figure(&report, &label) > 0.0, "{report}");
+            let line = report.lines().find(|l| l.starts_with(&label)).unwrap();
+            assert!(line.ends_with(" 0 degraded or failed"), "{line}");
+            assert!(line.contains("raw calls a tree"), "{line}");
+            let ratio = line.split(", ").nth(2).unwrap();
+            ratio.trim_end_matches('x').parse::<f64>().unwrap()
+        })
+        .collect();
+    let lowest = ratios.iter().copied().fold(f64::INFINITY, f64::min);
+    let summary = figure(&report, "rounds:");
+    // Both printed to one decimal.
+    assert!(
+        (summary - lowest).abs() < 0.051,
+        "{summary} vs {ratios:?}\n{report}"
+    );
+    assert!(report.contains("at the lowest of 3 rounds"), "{report}");
+
+    let out = Command::new(env!("CARGO_BIN_EXE_hch"))
+        .args(["loadtest", "--rounds", "0"])
+        .output()
+        .expect("hch runs");
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("--rounds must be at least 1"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn loadtest_against_a_running_coordinator() {
     let cluster = common::oracle_cluster(2).await;

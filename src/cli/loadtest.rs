@@ -12,6 +12,10 @@
 //! count is what the trees report having sent to their answerer. The clients, the coordinator and
 //! the workers share this process and its cores, so "cores busy" covers all of them (with
 //! `--coordinator`, only the clients).
+//!
+//! One run's ratio moves by a third between runs of the same binary on a two-core VM (the raw
+//! rate and a tree's CPU each drift by a fifth), so `--rounds N` repeats the pair in one run,
+//! each tree phase against the raw phase just before it, and reports the lowest ratio.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -120,6 +124,12 @@ pub struct LoadtestArgs {
     /// omission). Without it, the tree phase is closed loop: `--clients` trees in flight.
     #[arg(long)]
     rate: Option<f64>,
+    /// Rounds of raw calls then trees, each round's trees measured against its own raw phase
+    /// (the first round picks the raw phases' connection count): one command for a figure over
+    /// several runs, with the machine's drift shared by each pair. The lowest round's ratio is
+    /// the run's figure. Oracle workers or --coordinator only.
+    #[arg(long, default_value_t = 1, conflicts_with_all = ["json", "rate"])]
+    rounds: u32,
     /// Write the tree phase's report as JSON shaped like ghz's (`ghz --format json`) to FILE.
     #[arg(long, value_name = "FILE")]
     json: Option<std::path::PathBuf>,
@@ -208,6 +218,14 @@ pub async fn run(args: LoadtestArgs) -> Result<()> {
     };
     // Held to the end: a temporary registry is removed when this is dropped.
     let workers = Workers::of(&args)?;
+    anyhow::ensure!(
+        args.rounds >= 1,
+        "--rounds must be at least 1 (one raw phase and one tree phase)"
+    );
+    anyhow::ensure!(
+        args.rounds == 1 || !workers.is_model(),
+        "--rounds applies to oracle workers and --coordinator; a model's raw rate is measured once"
+    );
     let worker_count = args
         .workers
         .unwrap_or(if workers.is_model() { 1 } else { 2 })
@@ -347,7 +365,7 @@ pub async fn run(args: LoadtestArgs) -> Result<()> {
 
     // Phase 1, the baseline: the model's raw rate, or trivial unary calls (and, for those, the CPU
     // one took, to put a tree's cost in raw calls).
-    let (raw_rate, raw_all_cores, raw_cpu_per_call) = match &workers {
+    let (raw_rate, raw_all_cores, raw_cpu_per_call, raw_connections) = match &workers {
         #[cfg(feature = "model")]
         Workers::Model(served) => {
             let cluster = cluster.as_ref().expect("model workers run embedded");
@@ -388,12 +406,13 @@ pub async fn run(args: LoadtestArgs) -> Result<()> {
             };
             let (rate, all_cores) =
                 model::baseline(spec, worker_config.batch.max_batch, worker_config.threads).await?;
-            (rate, all_cores, None)
+            (rate, all_cores, None, 1)
         }
         Workers::Oracle => {
-            let raw = unary_baseline(&args, &cluster, &coordinator_addr, period).await?;
+            let (raw, connections) =
+                unary_baseline(&args, &cluster, &coordinator_addr, period).await?;
             let per_call = raw.cores / raw.rate().max(1e-9);
-            (raw.rate(), None, Some(per_call))
+            (raw.rate(), None, Some(per_call), connections)
         }
     };
 
@@ -410,7 +429,7 @@ pub async fn run(args: LoadtestArgs) -> Result<()> {
         Some(rate) => anyhow::bail!("--rate must be above 0 trees a second, not {rate}"),
         None => Load::Closed(args.clients.max(1)),
     };
-    let trees = tree_phase(load, period, tree).await?;
+    let trees = tree_phase(load, period, tree.clone()).await?;
     let done = worker_totals(&cluster) - before;
     let sub_rate = subquestions.load(Ordering::Relaxed) as f64 / trees.elapsed;
     println!(
@@ -498,6 +517,30 @@ pub async fn run(args: LoadtestArgs) -> Result<()> {
                 subquestions_per_tree / 10.0
             );
         }
+        if args.rounds > 1 {
+            let first = Round {
+                raw: raw_rate,
+                raw_cpu_per_call,
+                subquestions: sub_rate,
+                trees: trees_done,
+                failed: trees.samples.failed(),
+                tree_cpu: trees.cores * trees.elapsed,
+            };
+            more_rounds(
+                &args,
+                first,
+                Rounds {
+                    cluster: &cluster,
+                    coordinator_addr: &coordinator_addr,
+                    connections: raw_connections,
+                    period,
+                    load,
+                    subquestions: &subquestions,
+                },
+                tree,
+            )
+            .await?;
+        }
     }
     if let Some(cluster) = cluster {
         cluster.stop().await;
@@ -520,11 +563,41 @@ pub async fn run(args: LoadtestArgs) -> Result<()> {
 }
 
 /// The raw unary rate: the best phase of trivial calls over one, two and four connections, to a
-/// worker's ModelInfo (the coordinator's Status when no worker is known).
+/// worker's ModelInfo (the coordinator's Status when no worker is known), and its connection count.
 async fn unary_baseline(
     args: &LoadtestArgs,
     cluster: &Option<Cluster>,
     coordinator_addr: &str,
+    period: Duration,
+) -> Result<(Phase, usize)> {
+    let mut best: Option<(Phase, usize)> = None;
+    for connections in [1, 2, 4] {
+        let raw = unary_phase(args, cluster, coordinator_addr, connections, period).await?;
+        println!(
+            "raw unary calls:      {:>10.0} calls/s over {connections} connection(s), {:.2} cores busy, {} failed",
+            raw.rate(),
+            raw.cores,
+            raw.failed
+        );
+        if best.as_ref().map_or(true, |(b, _)| raw.rate() > b.rate()) {
+            best = Some((raw, connections));
+        }
+    }
+    let (mut raw, connections) = best.expect("three raw phases ran");
+    println!(
+        "raw baseline:         {:>10.0} calls/s   (latency {})",
+        raw.rate(),
+        percentiles(std::mem::take(&mut raw.latencies))
+    );
+    Ok((raw, connections))
+}
+
+/// One phase of trivial unary calls over `connections` connections (see [`unary_baseline`]).
+async fn unary_phase(
+    args: &LoadtestArgs,
+    cluster: &Option<Cluster>,
+    coordinator_addr: &str,
+    connections: usize,
     period: Duration,
 ) -> Result<Phase> {
     let raw_target = match (cluster, &args.worker) {
@@ -532,53 +605,138 @@ async fn unary_baseline(
         (None, Some(addr)) => Some(url(addr)),
         (None, None) => None,
     };
-    let mut best: Option<Phase> = None;
-    for connections in [1, 2, 4] {
-        let raw = match &raw_target {
-            Some(worker) => {
-                let channels = connect(worker, connections, &args.tls).await?;
-                phase(args.clients, period, |i| {
-                    let client =
-                        pb::worker_client::WorkerClient::new(channels[i % connections].clone());
-                    move || {
-                        let mut client = client.clone();
-                        async move { client.model_info(pb::ModelInfoRequest {}).await.is_ok() }
-                    }
-                })
-                .await?
-            }
-            None => {
-                let channels = connect(coordinator_addr, connections, &args.tls).await?;
-                phase(args.clients, period, |i| {
-                    let client = pb::coordinator_client::CoordinatorClient::new(
-                        channels[i % connections].clone(),
-                    );
-                    let token = args.token.clone();
-                    move || {
-                        let mut client = client.clone();
-                        let mut request = tonic::Request::new(pb::StatusRequest {});
-                        attach(&mut request, token.as_deref());
-                        async move { client.status(request).await.is_ok() }
-                    }
-                })
-                .await?
-            }
-        };
-        println!(
-            "raw unary calls:      {:>10.0} calls/s over {connections} connection(s), {:.2} cores busy, {} failed",
-            raw.rate(),
-            raw.cores,
-            raw.failed
-        );
-        if best.as_ref().map_or(true, |b| raw.rate() > b.rate()) {
-            best = Some(raw);
+    match &raw_target {
+        Some(worker) => {
+            let channels = connect(worker, connections, &args.tls).await?;
+            phase(args.clients, period, |i| {
+                let client =
+                    pb::worker_client::WorkerClient::new(channels[i % connections].clone());
+                move || {
+                    let mut client = client.clone();
+                    async move { client.model_info(pb::ModelInfoRequest {}).await.is_ok() }
+                }
+            })
+            .await
+        }
+        None => {
+            let channels = connect(coordinator_addr, connections, &args.tls).await?;
+            phase(args.clients, period, |i| {
+                let client = pb::coordinator_client::CoordinatorClient::new(
+                    channels[i % connections].clone(),
+                );
+                let token = args.token.clone();
+                move || {
+                    let mut client = client.clone();
+                    let mut request = tonic::Request::new(pb::StatusRequest {});
+                    attach(&mut request, token.as_deref());
+                    async move { client.status(request).await.is_ok() }
+                }
+            })
+            .await
         }
     }
-    let mut raw = best.expect("three raw phases ran");
+}
+
+/// What one round of `--rounds` measured.
+struct Round {
+    /// Raw calls a second, and the CPU one took (`None` where this process holds only clients).
+    raw: f64,
+    raw_cpu_per_call: Option<f64>,
+    subquestions: f64,
+    /// Trees answered in full, and those degraded or failed.
+    trees: u64,
+    failed: u64,
+    /// CPU seconds the tree phase took.
+    tree_cpu: f64,
+}
+
+impl Round {
+    fn ratio(&self) -> f64 {
+        self.subquestions / self.raw.max(1e-9)
+    }
+
+    /// A tree's CPU in raw calls, where this process holds the whole system.
+    fn cost(&self) -> Option<f64> {
+        let per_call = self.raw_cpu_per_call?;
+        (self.trees > 0).then(|| self.tree_cpu / self.trees as f64 / per_call.max(1e-12))
+    }
+}
+
+/// What the rounds after the first share.
+struct Rounds<'a> {
+    cluster: &'a Option<Cluster>,
+    coordinator_addr: &'a str,
+    /// The raw phases' connection count, the first round's best.
+    connections: usize,
+    period: Duration,
+    load: Load,
+    /// The trees' subquestion counter (see `run`).
+    subquestions: &'a AtomicU64,
+}
+
+/// Rounds 2 to `--rounds`, each a raw phase then a tree phase on instances no earlier round
+/// used, and the summary over all of them with `first`.
+async fn more_rounds<F, Fut>(
+    args: &LoadtestArgs,
+    first: Round,
+    shared: Rounds<'_>,
+    tree: F,
+) -> Result<()>
+where
+    F: Fn(u64) -> Fut + Clone + Send + Sync + 'static,
+    Fut: std::future::Future<Output = (tonic::Code, bool)> + Send + 'static,
+{
+    let embedded = shared.cluster.is_some();
+    let line = |n: u32, r: &Round| {
+        println!(
+            "round {n}:             {:>10.0} calls/s raw, {:.0} subquestions/s, {:.1}x{}, {} degraded or failed",
+            r.raw,
+            r.subquestions,
+            r.ratio(),
+            r.cost()
+                .filter(|_| embedded)
+                .map_or(String::new(), |c| format!(", {c:.2} raw calls a tree")),
+            r.failed
+        )
+    };
+    line(1, &first);
+    let mut rounds = vec![first];
+    // Sequence numbers far past any earlier round's, so that every tree is on a fresh instance.
+    const ROUND_STRIDE: u64 = 1 << 40;
+    for n in 2..=args.rounds {
+        let raw = unary_phase(
+            args,
+            shared.cluster,
+            shared.coordinator_addr,
+            shared.connections,
+            shared.period,
+        )
+        .await?;
+        shared.subquestions.store(0, Ordering::Relaxed);
+        let offset = u64::from(n - 1) * ROUND_STRIDE;
+        let round_tree = {
+            let tree = tree.clone();
+            move |seq: u64| tree(offset + seq)
+        };
+        let trees = tree_phase(shared.load, shared.period, round_tree).await?;
+        let round = Round {
+            raw: raw.rate(),
+            raw_cpu_per_call: Some(raw.cores / raw.rate().max(1e-9)),
+            subquestions: shared.subquestions.load(Ordering::Relaxed) as f64 / trees.elapsed,
+            trees: trees.samples.succeeded(),
+            failed: trees.samples.failed(),
+            tree_cpu: trees.cores * trees.elapsed,
+        };
+        line(n, &round);
+        rounds.push(round);
+    }
+    let ratios: Vec<f64> = rounds.iter().map(Round::ratio).collect();
+    let (low, high) = ratios
+        .iter()
+        .fold((f64::INFINITY, 0f64), |(l, h), &r| (l.min(r), h.max(r)));
     println!(
-        "raw baseline:         {:>10.0} calls/s   (latency {})",
-        raw.rate(),
-        percentiles(std::mem::take(&mut raw.latencies))
+        "rounds:               {low:>10.1}x the raw unary rate at the lowest of {} rounds, {high:.1}x at the highest",
+        rounds.len()
     );
-    Ok(raw)
+    Ok(())
 }
