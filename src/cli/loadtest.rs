@@ -40,8 +40,11 @@ use crate::worker::{BatchTotals, WorkerConfig};
 mod load;
 #[cfg(feature = "model")]
 mod model;
+mod raw;
+mod rounds;
 
-use load::{percentiles, phase, tree_phase, Load, Phase};
+use load::{tree_phase, Load};
+use rounds::{Round, Rounds};
 
 #[derive(Args, Debug)]
 pub struct LoadtestArgs {
@@ -410,9 +413,8 @@ pub async fn run(args: LoadtestArgs) -> Result<()> {
         }
         Workers::Oracle => {
             let (raw, connections) =
-                unary_baseline(&args, &cluster, &coordinator_addr, period).await?;
-            let per_call = raw.cores / raw.rate().max(1e-9);
-            (raw.rate(), None, Some(per_call), connections)
+                raw::unary_baseline(&args, &cluster, &coordinator_addr, period).await?;
+            (raw.rate(), None, Some(raw.cpu_per_call()), connections)
         }
     };
 
@@ -497,49 +499,43 @@ pub async fn run(args: LoadtestArgs) -> Result<()> {
             ))
         );
     } else {
+        let first = Round {
+            raw: raw_rate,
+            // Only where this process holds the whole system: with --coordinator its CPU is the
+            // clients' alone.
+            raw_cpu_per_call: raw_cpu_per_call.filter(|_| cluster.is_some()),
+            subquestions: sub_rate,
+            trees: trees.samples.succeeded(),
+            failed: trees.samples.failed(),
+            tree_cpu: trees.cores * trees.elapsed,
+        };
         println!(
             "ratio:                {:>10.1}x the raw unary rate",
-            sub_rate / raw_rate.max(1e-9)
+            first.ratio()
         );
-        // Only where this process holds the whole system: with --coordinator its CPU is the
-        // clients' alone.
-        let trees_done = trees.samples.succeeded();
-        if let (Some(per_call), true, true) = (raw_cpu_per_call, cluster.is_some(), trees_done > 0)
+        if let (Some(cost), Some(per_tree), Some(per_call)) =
+            (first.cost(), first.cpu_per_tree(), first.raw_cpu_per_call)
         {
-            let per_tree = trees.cores * trees.elapsed / trees_done as f64;
             let subquestions_per_tree =
-                subquestions.load(Ordering::Relaxed) as f64 / trees_done as f64;
+                subquestions.load(Ordering::Relaxed) as f64 / first.trees as f64;
             println!(
                 "cost:                 {:>10.2} raw calls of CPU per tree ({:.0} us a tree, {:.0} us a raw call; 10x the raw rate allows {:.2})",
-                per_tree / per_call.max(1e-12),
+                cost,
                 per_tree * 1e6,
                 per_call * 1e6,
                 subquestions_per_tree / 10.0
             );
         }
         if args.rounds > 1 {
-            let first = Round {
-                raw: raw_rate,
-                raw_cpu_per_call,
-                subquestions: sub_rate,
-                trees: trees_done,
-                failed: trees.samples.failed(),
-                tree_cpu: trees.cores * trees.elapsed,
+            let shared = Rounds {
+                cluster: &cluster,
+                coordinator_addr: &coordinator_addr,
+                connections: raw_connections,
+                period,
+                load,
+                subquestions: &subquestions,
             };
-            more_rounds(
-                &args,
-                first,
-                Rounds {
-                    cluster: &cluster,
-                    coordinator_addr: &coordinator_addr,
-                    connections: raw_connections,
-                    period,
-                    load,
-                    subquestions: &subquestions,
-                },
-                tree,
-            )
-            .await?;
+            rounds::more(&args, first, shared, tree).await?;
         }
     }
     if let Some(cluster) = cluster {
@@ -559,184 +555,5 @@ pub async fn run(args: LoadtestArgs) -> Result<()> {
             otel.shutdown().await;
         }
     }
-    Ok(())
-}
-
-/// The raw unary rate: the best phase of trivial calls over one, two and four connections, to a
-/// worker's ModelInfo (the coordinator's Status when no worker is known), and its connection count.
-async fn unary_baseline(
-    args: &LoadtestArgs,
-    cluster: &Option<Cluster>,
-    coordinator_addr: &str,
-    period: Duration,
-) -> Result<(Phase, usize)> {
-    let mut best: Option<(Phase, usize)> = None;
-    for connections in [1, 2, 4] {
-        let raw = unary_phase(args, cluster, coordinator_addr, connections, period).await?;
-        println!(
-            "raw unary calls:      {:>10.0} calls/s over {connections} connection(s), {:.2} cores busy, {} failed",
-            raw.rate(),
-            raw.cores,
-            raw.failed
-        );
-        if best.as_ref().map_or(true, |(b, _)| raw.rate() > b.rate()) {
-            best = Some((raw, connections));
-        }
-    }
-    let (mut raw, connections) = best.expect("three raw phases ran");
-    println!(
-        "raw baseline:         {:>10.0} calls/s   (latency {})",
-        raw.rate(),
-        percentiles(std::mem::take(&mut raw.latencies))
-    );
-    Ok((raw, connections))
-}
-
-/// One phase of trivial unary calls over `connections` connections (see [`unary_baseline`]).
-async fn unary_phase(
-    args: &LoadtestArgs,
-    cluster: &Option<Cluster>,
-    coordinator_addr: &str,
-    connections: usize,
-    period: Duration,
-) -> Result<Phase> {
-    let raw_target = match (cluster, &args.worker) {
-        (Some(c), _) => Some(format!("http://{}", c.workers[0].0.addr)),
-        (None, Some(addr)) => Some(url(addr)),
-        (None, None) => None,
-    };
-    match &raw_target {
-        Some(worker) => {
-            let channels = connect(worker, connections, &args.tls).await?;
-            phase(args.clients, period, |i| {
-                let client =
-                    pb::worker_client::WorkerClient::new(channels[i % connections].clone());
-                move || {
-                    let mut client = client.clone();
-                    async move { client.model_info(pb::ModelInfoRequest {}).await.is_ok() }
-                }
-            })
-            .await
-        }
-        None => {
-            let channels = connect(coordinator_addr, connections, &args.tls).await?;
-            phase(args.clients, period, |i| {
-                let client = pb::coordinator_client::CoordinatorClient::new(
-                    channels[i % connections].clone(),
-                );
-                let token = args.token.clone();
-                move || {
-                    let mut client = client.clone();
-                    let mut request = tonic::Request::new(pb::StatusRequest {});
-                    attach(&mut request, token.as_deref());
-                    async move { client.status(request).await.is_ok() }
-                }
-            })
-            .await
-        }
-    }
-}
-
-/// What one round of `--rounds` measured.
-struct Round {
-    /// Raw calls a second, and the CPU one took (`None` where this process holds only clients).
-    raw: f64,
-    raw_cpu_per_call: Option<f64>,
-    subquestions: f64,
-    /// Trees answered in full, and those degraded or failed.
-    trees: u64,
-    failed: u64,
-    /// CPU seconds the tree phase took.
-    tree_cpu: f64,
-}
-
-impl Round {
-    fn ratio(&self) -> f64 {
-        self.subquestions / self.raw.max(1e-9)
-    }
-
-    /// A tree's CPU in raw calls, where this process holds the whole system.
-    fn cost(&self) -> Option<f64> {
-        let per_call = self.raw_cpu_per_call?;
-        (self.trees > 0).then(|| self.tree_cpu / self.trees as f64 / per_call.max(1e-12))
-    }
-}
-
-/// What the rounds after the first share.
-struct Rounds<'a> {
-    cluster: &'a Option<Cluster>,
-    coordinator_addr: &'a str,
-    /// The raw phases' connection count, the first round's best.
-    connections: usize,
-    period: Duration,
-    load: Load,
-    /// The trees' subquestion counter (see `run`).
-    subquestions: &'a AtomicU64,
-}
-
-/// Rounds 2 to `--rounds`, each a raw phase then a tree phase on instances no earlier round
-/// used, and the summary over all of them with `first`.
-async fn more_rounds<F, Fut>(
-    args: &LoadtestArgs,
-    first: Round,
-    shared: Rounds<'_>,
-    tree: F,
-) -> Result<()>
-where
-    F: Fn(u64) -> Fut + Clone + Send + Sync + 'static,
-    Fut: std::future::Future<Output = (tonic::Code, bool)> + Send + 'static,
-{
-    let embedded = shared.cluster.is_some();
-    let line = |n: u32, r: &Round| {
-        println!(
-            "round {n}:             {:>10.0} calls/s raw, {:.0} subquestions/s, {:.1}x{}, {} degraded or failed",
-            r.raw,
-            r.subquestions,
-            r.ratio(),
-            r.cost()
-                .filter(|_| embedded)
-                .map_or(String::new(), |c| format!(", {c:.2} raw calls a tree")),
-            r.failed
-        )
-    };
-    line(1, &first);
-    let mut rounds = vec![first];
-    // Sequence numbers far past any earlier round's, so that every tree is on a fresh instance.
-    const ROUND_STRIDE: u64 = 1 << 40;
-    for n in 2..=args.rounds {
-        let raw = unary_phase(
-            args,
-            shared.cluster,
-            shared.coordinator_addr,
-            shared.connections,
-            shared.period,
-        )
-        .await?;
-        shared.subquestions.store(0, Ordering::Relaxed);
-        let offset = u64::from(n - 1) * ROUND_STRIDE;
-        let round_tree = {
-            let tree = tree.clone();
-            move |seq: u64| tree(offset + seq)
-        };
-        let trees = tree_phase(shared.load, shared.period, round_tree).await?;
-        let round = Round {
-            raw: raw.rate(),
-            raw_cpu_per_call: Some(raw.cores / raw.rate().max(1e-9)),
-            subquestions: shared.subquestions.load(Ordering::Relaxed) as f64 / trees.elapsed,
-            trees: trees.samples.succeeded(),
-            failed: trees.samples.failed(),
-            tree_cpu: trees.cores * trees.elapsed,
-        };
-        line(n, &round);
-        rounds.push(round);
-    }
-    let ratios: Vec<f64> = rounds.iter().map(Round::ratio).collect();
-    let (low, high) = ratios
-        .iter()
-        .fold((f64::INFINITY, 0f64), |(l, h), &r| (l.min(r), h.max(r)));
-    println!(
-        "rounds:               {low:>10.1}x the raw unary rate at the lowest of {} rounds, {high:.1}x at the highest",
-        rounds.len()
-    );
     Ok(())
 }

@@ -22,6 +22,11 @@ impl Phase {
     pub fn rate(&self) -> f64 {
         self.count as f64 / self.elapsed.max(1e-9)
     }
+
+    /// CPU seconds (of the whole process) per call that succeeded.
+    pub fn cpu_per_call(&self) -> f64 {
+        self.cores / self.rate().max(1e-9)
+    }
 }
 
 /// Runs one load client per `make(i)` for `period`, each calling its closure in a loop, and counts
