@@ -813,17 +813,18 @@ async fn silent_connections_are_closed_after_the_idle_time() {
 /// an answer (unknown, with the budget named).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_calls_deadline_is_deadline_exceeded_and_a_budgets_is_an_answer() {
-    // Slow workers and a sequential tree: 8 leaf calls of at least 150 ms one after another,
-    // longer than the call's second. The tree stops a tenth of that before the deadline: room
-    // for the reply to arrive ahead of the timers in tonic's client and server, which start
-    // from the same `grpc-timeout` and would end the call as CANCELLED, even on a machine busy
-    // with the other tests.
+    // Slow workers and a sequential tree: 8 leaf calls of at least 700 ms one after another,
+    // longer than the call's 5 s. The tree stops a tenth of that before the deadline: room for
+    // the reply to arrive ahead of the timers in tonic's client and server, which start from the
+    // same `grpc-timeout` and would end the call as CANCELLED. The room is wide because the other
+    // tests of this file run at the same time on two cores, dozens of threads among them, and
+    // 100 ms of it was once not enough.
     let cluster = cluster(
         2,
-        Duration::from_millis(150),
+        Duration::from_millis(700),
         WorkerConfig::default(),
         CoordinatorConfig {
-            call_deadline_margin: Duration::from_millis(100),
+            call_deadline_margin: Duration::from_millis(500),
             ..CoordinatorConfig::default()
         },
     )
@@ -832,7 +833,7 @@ async fn a_calls_deadline_is_deadline_exceeded_and_a_budgets_is_an_answer() {
     let request = || sequential_tree(11);
 
     let mut call = tonic::Request::new(request());
-    call.set_timeout(Duration::from_secs(1));
+    call.set_timeout(Duration::from_secs(5));
     let status = tokio::time::timeout(Duration::from_secs(30), client.ask(call))
         .await
         .expect("the server ends the call at its deadline")
