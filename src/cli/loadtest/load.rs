@@ -37,39 +37,62 @@ where
     C: FnMut() -> Fut + Send + 'static,
     Fut: std::future::Future<Output = bool> + Send + 'static,
 {
-    let failed = Arc::new(AtomicU64::new(0));
     let start = Instant::now();
     let cpu_start = cpu_time();
-    let tasks: Vec<_> = (0..clients)
-        .map(|i| {
-            let mut call = make(i);
-            let failed = failed.clone();
-            tokio::spawn(async move {
-                let mut latencies = Vec::new();
-                while start.elapsed() < period {
-                    let t = Instant::now();
-                    if call().await {
-                        latencies.push(t.elapsed());
-                    } else {
-                        failed.fetch_add(1, Ordering::Relaxed);
-                    }
-                }
-                latencies
-            })
-        })
-        .collect();
-    let mut latencies = Vec::new();
-    for t in tasks {
-        latencies.extend(t.await.context("a load client panicked")?);
-    }
+    let calls = closed_loop(clients, start, period, |i| {
+        let mut call = make(i);
+        move || {
+            let (t, call) = (Instant::now(), call());
+            async move { call.await.then(|| t.elapsed()) }
+        }
+    })
+    .await?;
     let elapsed = start.elapsed().as_secs_f64();
+    let cores = (cpu_time() - cpu_start).as_secs_f64() / elapsed;
+    let latencies: Vec<Duration> = calls.iter().flatten().copied().collect();
     Ok(Phase {
         count: latencies.len() as u64,
         elapsed,
-        cores: (cpu_time() - cpu_start).as_secs_f64() / elapsed,
+        cores,
+        failed: (calls.len() - latencies.len()) as u64,
         latencies,
-        failed: failed.load(Ordering::Relaxed),
     })
+}
+
+/// Runs one client per `make(i)` until `period` has passed since `start`, each calling its
+/// closure in a loop, and returns what every call returned. Each client keeps its calls' results
+/// until the phase is over: a result sent to a collector as each call ended would wake that task
+/// across threads (a futex call and often an IPI per call, about 4% of a loaded tree's CPU), a
+/// cost of the load generator, not of the system it loads.
+async fn closed_loop<M, C, Fut, T>(
+    clients: usize,
+    start: Instant,
+    period: Duration,
+    make: M,
+) -> Result<Vec<T>>
+where
+    M: Fn(usize) -> C,
+    C: FnMut() -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = T> + Send + 'static,
+    T: Send + 'static,
+{
+    let tasks: Vec<_> = (0..clients)
+        .map(|i| {
+            let mut call = make(i);
+            tokio::spawn(async move {
+                let mut kept = Vec::new();
+                while start.elapsed() < period {
+                    kept.push(call().await);
+                }
+                kept
+            })
+        })
+        .collect();
+    let mut all = Vec::new();
+    for t in tasks {
+        all.extend(t.await.context("a load client panicked")?);
+    }
+    Ok(all)
 }
 
 /// How the tree phase loads the coordinator.
@@ -99,36 +122,25 @@ where
 {
     let start = Instant::now();
     let cpu_start = cpu_time();
-    // Each tree's sample stays with the task that asked it until the phase is over, as the raw
-    // phase keeps its latencies: a sample sent to a collector as each tree ends woke that task
-    // across threads (a futex call and often an IPI per tree, about 4% of a loaded tree's CPU),
-    // a cost of the load generator that the raw calls it is held against do not pay.
     let samples: Vec<report::Sample> = match load {
         Load::Closed(clients) => {
             let seq = Arc::new(AtomicU64::new(0));
-            let tasks: Vec<_> = (0..clients)
-                .map(|_| {
-                    let (tree, seq) = (tree.clone(), seq.clone());
-                    tokio::spawn(async move {
-                        let mut samples = Vec::new();
-                        while start.elapsed() < period {
-                            let sent = Instant::now();
-                            let (code, degraded) = tree(seq.fetch_add(1, Ordering::Relaxed)).await;
-                            samples.push(report::Sample {
-                                latency: sent.elapsed(),
-                                code,
-                                degraded,
-                            });
+            closed_loop(clients, start, period, |_| {
+                let (tree, seq) = (tree.clone(), seq.clone());
+                move || {
+                    let sent = Instant::now();
+                    let tree = tree(seq.fetch_add(1, Ordering::Relaxed));
+                    async move {
+                        let (code, degraded) = tree.await;
+                        report::Sample {
+                            latency: sent.elapsed(),
+                            code,
+                            degraded,
                         }
-                        samples
-                    })
-                })
-                .collect();
-            let mut samples = Vec::new();
-            for t in tasks {
-                samples.extend(t.await.context("a load client panicked")?);
-            }
-            samples
+                    }
+                }
+            })
+            .await?
         }
         Load::Open(rate) => {
             let mut tasks = Vec::new();
